@@ -1,0 +1,221 @@
+//! Errors of the connection layer: why a call failed ([`CallError`]), why a
+//! connection closed ([`CloseReason`]), and why a transport could not be opened
+//! ([`ConnectError`]).
+//!
+//! All three are `Clone` (sources are shared behind `Arc`), because one reason is
+//! handed to every call that was pending when a connection stopped, and one connect
+//! error to every waiter of a Pool.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol::RemoteError;
+use crate::Authority;
+
+/// Why a call (or a fire-and-forget send) did not get a reply.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No reply within the call's timeout. A reply that arrives later is dropped.
+    #[error("no reply within {after:?}")]
+    Timeout {
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// The connection holds as much as it may; the request was not sent.
+    #[error("connection overloaded: {0}")]
+    Overloaded(Overload),
+    /// The connection is closing gracefully and takes no new calls.
+    #[error("connection is closing")]
+    Closing,
+    /// The connection closed before the reply arrived (or before the call was sent).
+    #[error("connection closed: {0}")]
+    Closed(CloseReason),
+    /// The peer answered with an error.
+    #[error("peer answered with an error: {0}")]
+    Remote(#[from] RemoteError),
+    /// The request could not be encoded (for instance, it is larger than the
+    /// protocol's maximum frame length). Nothing was sent; the connection is fine.
+    #[error("request could not be encoded: {0}")]
+    Encode(#[source] Arc<dyn StdError + Send + Sync>),
+}
+
+impl CallError {
+    /// A short, stable name for the error's kind, for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::Overloaded(_) => "overloaded",
+            Self::Closing => "closing",
+            Self::Closed(_) => "closed",
+            Self::Remote(_) => "remote",
+            Self::Encode(_) => "encode",
+        }
+    }
+}
+
+/// Which bound an overloaded connection hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Overload {
+    /// `max_in_flight` calls are already waiting for replies.
+    #[error("{limit} calls in flight")]
+    InFlight {
+        /// The configured `max_in_flight`.
+        limit: usize,
+    },
+    /// The write buffer holds `max_write_buffer` bytes the peer has not taken yet.
+    #[error("write buffer holds {buffered} of at most {limit} bytes")]
+    WriteBuffer {
+        /// Bytes buffered when the request arrived.
+        buffered: usize,
+        /// The configured `max_write_buffer`.
+        limit: usize,
+    },
+}
+
+/// Why a connection stopped. Every call pending at that moment fails with
+/// [`CallError::Closed`] carrying this reason, and the supervisor receives it in
+/// [`ConnectionEvent::Closed`](crate::ConnectionEvent::Closed).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Closed on request after every call in flight was answered.
+    #[error("closed on request")]
+    Closed,
+    /// Closed on request; calls still in flight when the close timeout ran out failed.
+    #[error("close timed out after {after:?} with calls in flight")]
+    CloseTimeout {
+        /// The close timeout.
+        after: Duration,
+    },
+    /// Aborted on request: pending calls failed at once.
+    #[error("aborted")]
+    Aborted,
+    /// The peer closed the connection (end of stream).
+    #[error("peer closed the connection")]
+    PeerClosed,
+    /// Nothing arrived from the peer within the heartbeat timeout (a dead or
+    /// half-open link).
+    #[error("nothing received for {silent_for:?} (heartbeat timeout)")]
+    HeartbeatTimeout {
+        /// How long the peer had been silent.
+        silent_for: Duration,
+    },
+    /// Reading or writing the transport failed.
+    #[error("i/o error: {0}")]
+    Io(#[source] Arc<io::Error>),
+    /// The peer sent bytes that do not decode (malformed, oversized or truncated frame).
+    #[error("malformed input: {0}")]
+    Decode(#[source] Arc<dyn StdError + Send + Sync>),
+    /// The peer broke the protocol's rules (a reply for an unknown or already
+    /// answered id, an unexpected request, ...).
+    #[error("protocol violation: {0}")]
+    Protocol(Arc<str>),
+    /// The actor stopped for another reason (its system or arbiter shut down, or the
+    /// actor's mailbox closed before the call was handled).
+    #[error("connection actor stopped")]
+    Stopped,
+}
+
+impl CloseReason {
+    /// A short, stable name for the reason's kind, for counters and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::CloseTimeout { .. } => "close_timeout",
+            Self::Aborted => "aborted",
+            Self::PeerClosed => "peer_closed",
+            Self::HeartbeatTimeout { .. } => "heartbeat_timeout",
+            Self::Io(_) => "io",
+            Self::Decode(_) => "decode",
+            Self::Protocol(_) => "protocol",
+            Self::Stopped => "stopped",
+        }
+    }
+
+    /// Whether the connection was closed on purpose by its owner rather than by a
+    /// failure; a supervisor replaces a connection only after a failure.
+    pub fn is_requested(&self) -> bool {
+        matches!(
+            self,
+            Self::Closed | Self::CloseTimeout { .. } | Self::Aborted
+        )
+    }
+}
+
+/// Why a transport could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No connection within the connect timeout.
+    #[error("connecting to {authority} timed out after {after:?}")]
+    Timeout {
+        /// Where the connection was going.
+        authority: Authority,
+        /// The connect timeout.
+        after: Duration,
+    },
+    /// The host name did not resolve to any address.
+    #[error("{authority} resolved to no address")]
+    Unresolved {
+        /// Where the connection was going.
+        authority: Authority,
+    },
+    /// Nothing listens at an in-memory authority.
+    #[error("nothing listens at {authority}")]
+    Refused {
+        /// Where the connection was going.
+        authority: Authority,
+    },
+    /// The connector cannot open this kind of authority (a TCP connector given a
+    /// Unix path, say).
+    #[error("this connector cannot open {authority}")]
+    Unsupported {
+        /// The authority it was given.
+        authority: Authority,
+    },
+    /// The operating system refused or failed the connection.
+    #[error("connecting to {authority} failed: {source}")]
+    Io {
+        /// Where the connection was going.
+        authority: Authority,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+}
+
+impl ConnectError {
+    pub(crate) fn io(authority: &Authority, source: io::Error) -> Self {
+        Self::Io {
+            authority: authority.clone(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+/// A configuration value that makes no sense, reported by a builder's `build()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    field: &'static str,
+    problem: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, problem: impl fmt::Display) -> Self {
+        Self {
+            field,
+            problem: problem.to_string(),
+        }
+    }
+
+    /// The setting at fault.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
