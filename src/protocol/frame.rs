@@ -20,11 +20,13 @@
 //! [`FrameError`]; none panics.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 use super::{Correlation, Inbound, Protocol, RemoteError};
+use crate::CloseReason;
 
 /// Bytes in the length prefix.
 const LENGTH_PREFIX: usize = 4;
@@ -469,6 +471,13 @@ impl Protocol for FrameProtocol {
                 payload: frame.payload,
             }),
             FrameKind::Request => Inbound::Request(frame),
+        }
+    }
+
+    fn close_reason(error: FrameError) -> CloseReason {
+        match error {
+            FrameError::Io(error) => CloseReason::Io(Arc::new(error)),
+            other => CloseReason::Decode(Arc::new(other)),
         }
     }
 }

@@ -17,9 +17,12 @@
 pub mod frame;
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_util::codec::{Decoder, Encoder};
+
+use crate::CloseReason;
 
 /// How replies are matched with calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +98,12 @@ pub trait Protocol: Clone + Unpin + 'static {
 
     /// What an inbound frame means.
     fn classify(&self, frame: Self::Frame) -> Inbound<Self>;
+
+    /// Why a connection closes after its codec failed. The default calls every codec
+    /// error malformed input; override it to tell transport errors apart.
+    fn close_reason(error: Self::CodecError) -> CloseReason {
+        CloseReason::Decode(Arc::new(error))
+    }
 }
 
 /// An error reply from the peer: the call reached it and it said no.

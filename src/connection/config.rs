@@ -1,0 +1,135 @@
+//! [`ConnectionConfig`]: the limits and timers of one Connection.
+
+use std::time::Duration;
+
+use crate::ConfigError;
+
+/// The limits and timers of one [`Connection`](crate::Connection).
+///
+/// Build it with [`ConnectionConfig::builder`]; `build()` checks that the values make
+/// sense together.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionConfig {
+    /// Timeout of a call that does not set its own.
+    pub call_timeout: Duration,
+    /// A ping is sent when nothing has arrived for this long.
+    pub heartbeat_interval: Duration,
+    /// The connection closes when nothing has arrived for this long.
+    pub heartbeat_timeout: Duration,
+    /// Calls awaiting a reply, at most; past it calls fail with `Overloaded`.
+    pub max_in_flight: usize,
+    /// Bytes written but not yet taken by the peer, at most; past it calls fail with
+    /// `Overloaded`.
+    pub max_write_buffer: usize,
+    /// How long a graceful close waits for calls in flight, when `Close` gives no timeout.
+    pub close_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(30),
+            max_in_flight: 4096,
+            max_write_buffer: 4 * 1024 * 1024,
+            close_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ConnectionConfigBuilder {
+        ConnectionConfigBuilder {
+            config: Self::default(),
+        }
+    }
+}
+
+/// Builds a [`ConnectionConfig`]; see [`ConnectionConfig::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConnectionConfigBuilder {
+    config: ConnectionConfig,
+}
+
+impl ConnectionConfigBuilder {
+    /// Timeout of a call that does not set its own. Defaults to 30 seconds.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.config.call_timeout = timeout;
+        self
+    }
+
+    /// A ping is sent when nothing has arrived from the peer for this long. Defaults to
+    /// 10 seconds.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_interval = interval;
+        self
+    }
+
+    /// The connection closes with `HeartbeatTimeout` when nothing has arrived from the
+    /// peer for this long; it must be longer than the heartbeat interval. Defaults to
+    /// 30 seconds.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.config.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Calls awaiting a reply, at most (for in-order protocols, requests in the
+    /// pipeline, abandoned ones included). Defaults to 4096.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.config.max_in_flight = max;
+        self
+    }
+
+    /// Bytes written but not yet taken by the peer, at most. Defaults to 4 MiB.
+    pub fn max_write_buffer(mut self, bytes: usize) -> Self {
+        self.config.max_write_buffer = bytes;
+        self
+    }
+
+    /// How long a graceful close waits for calls in flight when the `Close` message
+    /// names no timeout. Defaults to 10 seconds.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and returns the config.
+    pub fn build(self) -> Result<ConnectionConfig, ConfigError> {
+        let config = self.config;
+        if config.call_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "call_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if config.heartbeat_interval.is_zero() {
+            return Err(ConfigError::new(
+                "heartbeat_interval",
+                "must be greater than zero",
+            ));
+        }
+        if config.heartbeat_timeout <= config.heartbeat_interval {
+            return Err(ConfigError::new(
+                "heartbeat_timeout",
+                format!(
+                    "{:?} must be longer than heartbeat_interval {:?}",
+                    config.heartbeat_timeout, config.heartbeat_interval
+                ),
+            ));
+        }
+        if config.max_in_flight == 0 {
+            return Err(ConfigError::new("max_in_flight", "must be at least 1"));
+        }
+        if config.max_write_buffer == 0 {
+            return Err(ConfigError::new(
+                "max_write_buffer",
+                "must be at least 1 byte",
+            ));
+        }
+        Ok(config)
+    }
+}

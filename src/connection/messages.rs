@@ -1,0 +1,223 @@
+//! The messages a [`Connection`](super::Connection) handles and the events it sends.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Message;
+
+use crate::protocol::Protocol;
+use crate::{CallError, CloseReason};
+
+/// Identifies one Connection for as long as the process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(u64);
+
+impl ConnectionId {
+    pub(crate) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
+
+/// Sends a request and resolves with its reply, or with the reason there is none.
+///
+/// Resolves exactly once: with the reply, the peer's error
+/// ([`CallError::Remote`]), [`CallError::Timeout`] after the call's timeout,
+/// [`CallError::Overloaded`] at once if the connection is full, or
+/// [`CallError::Closed`] if the connection stops first.
+pub struct Call<P: Protocol> {
+    /// What to send.
+    pub request: P::Request,
+    /// This call's timeout, or `None` for the connection's `call_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+impl<P: Protocol> Call<P> {
+    /// A call with the connection's default timeout.
+    pub fn new(request: impl Into<P::Request>) -> Self {
+        Self {
+            request: request.into(),
+            timeout: None,
+        }
+    }
+
+    /// This call with its own timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl<P: Protocol> fmt::Debug for Call<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Message for Call<P> {
+    type Result = Result<P::Reply, CallError>;
+}
+
+/// Writes one frame that expects no reply (fire-and-forget), and resolves once the
+/// frame has been handed to the transport, or with the reason it was not.
+///
+/// The frame is written as it is: under a protocol that correlates by id it must not
+/// be a request, or its reply would arrive for an id nobody asked for.
+pub struct SendFrame<P: Protocol> {
+    /// The frame to write.
+    pub frame: P::Frame,
+}
+
+impl<P: Protocol> SendFrame<P> {
+    /// A send of `frame`.
+    pub fn new(frame: P::Frame) -> Self {
+        Self { frame }
+    }
+}
+
+impl<P: Protocol> fmt::Debug for SendFrame<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendFrame").finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Message for SendFrame<P> {
+    type Result = Result<(), CallError>;
+}
+
+/// Closes gracefully: new calls fail with [`CallError::Closing`], calls in flight get
+/// their replies until the timeout, then the connection closes. Resolves with the
+/// reason the connection closed.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "CloseReason")]
+pub struct Close {
+    /// How long to wait for calls in flight, or `None` for the connection's
+    /// `close_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// Closes at once: every pending call fails with [`CloseReason::Aborted`]. Resolves with
+/// the reason the connection closed (which may be an earlier one).
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "CloseReason")]
+pub struct Abort;
+
+/// Asks for a snapshot of the connection's state and counters.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "ConnectionStats")]
+pub struct GetStats;
+
+/// A snapshot of one connection's state and counters.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// The connection.
+    pub id: ConnectionId,
+    /// Who it talks to.
+    pub peer: Arc<str>,
+    /// Calls awaiting a reply.
+    pub in_flight: usize,
+    /// Bytes waiting to be written.
+    pub buffered_write_bytes: usize,
+    /// The last heartbeat round trip, if one completed.
+    pub rtt: Option<Duration>,
+    /// Whether a graceful close is under way.
+    pub closing: bool,
+    /// Calls sent.
+    pub calls: u64,
+    /// Replies delivered to their callers (error replies included).
+    pub replies: u64,
+    /// Calls that timed out.
+    pub timeouts: u64,
+    /// Replies that arrived after their call timed out, dropped.
+    pub late_replies: u64,
+    /// Calls refused with `Overloaded`.
+    pub overloaded: u64,
+    /// Pushes handed to the push recipient.
+    pub pushes: u64,
+    /// Pushes dropped because the push recipient's mailbox was full or closed, or there
+    /// was none.
+    pub pushes_dropped: u64,
+    /// Heartbeat pings sent.
+    pub pings_sent: u64,
+}
+
+/// What a Connection tells its supervisor (the Pool, or a probe in tests).
+///
+/// `Connected` comes first and `Closed` last, exactly once each.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The connection started and is ready for calls.
+    Connected {
+        /// The connection.
+        id: ConnectionId,
+        /// Who it talks to.
+        peer: Arc<str>,
+    },
+    /// A heartbeat round trip completed.
+    Rtt {
+        /// The connection.
+        id: ConnectionId,
+        /// The round trip.
+        rtt: Duration,
+    },
+    /// The connection's load changed since the last report (reported at most once per
+    /// heartbeat interval).
+    Load {
+        /// The connection.
+        id: ConnectionId,
+        /// Calls awaiting a reply.
+        in_flight: usize,
+        /// Bytes waiting to be written.
+        buffered_write_bytes: usize,
+    },
+    /// The connection stopped; every call pending then failed with `reason`.
+    Closed {
+        /// The connection.
+        id: ConnectionId,
+        /// Why it stopped.
+        reason: CloseReason,
+    },
+}
+
+/// An unsolicited message from the peer, handed to the push recipient.
+pub struct Pushed<P: Protocol> {
+    /// The connection it came from.
+    pub connection: ConnectionId,
+    /// What the peer pushed.
+    pub push: P::Push,
+}
+
+impl<P: Protocol> fmt::Debug for Pushed<P>
+where
+    P::Push: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pushed")
+            .field("connection", &self.connection)
+            .field("push", &self.push)
+            .finish()
+    }
+}
+
+impl<P: Protocol> Message for Pushed<P> {
+    type Result = ();
+}

@@ -1,0 +1,684 @@
+//! The Connection actor: one per transport, the only owner of its framed stream.
+//!
+//! # What it owns
+//! A `Framed<T, P::Codec>` over one transport. A single driver future in the actor's
+//! context reads frames from it (the reader is the framed stream) and flushes what
+//! the handlers encoded (the single writer), so bytes go out in the order messages
+//! were handled and nothing is shared or locked.
+//!
+//! # Messages
+//! - [`Call`] → `Result<Reply, CallError>`: request and reply, correlated by id or in
+//!   order as the [`Protocol`] says; per-call timeout; `Overloaded` past
+//!   `max_in_flight` or `max_write_buffer`.
+//! - [`SendFrame`] → `Result<(), CallError>`: fire-and-forget, resolved once the
+//!   transport has taken the bytes, or failed if the connection stops first.
+//! - [`Close`] (graceful) and [`Abort`] → the [`CloseReason`]; [`GetStats`].
+//!
+//! # States
+//! ```text
+//! Open ──Close──▶ Closing ──in-flight answered──▶ Stopped(Closed)
+//!   │                 └──close timeout────────▶ Stopped(CloseTimeout)
+//!   └──Abort / EOF / I/O error / bad frame / heartbeat timeout──▶ Stopped(reason)
+//! ```
+//! On the way to `Stopped`, for any reason, every pending call and send fails exactly
+//! once with [`CallError::Closed`] carrying the reason, and the supervisor gets
+//! [`ConnectionEvent::Closed`].
+//!
+//! # Heartbeat
+//! Any inbound frame proves the peer alive. After `heartbeat_interval` of silence the
+//! connection sends a ping and measures the round trip ([`ConnectionEvent::Rtt`]); after
+//! `heartbeat_timeout` of silence it closes with [`CloseReason::HeartbeatTimeout`],
+//! which is how a half-open link is found. The peer's pings are answered at once.
+//!
+//! # Who talks to it
+//! Callers send it messages (through an `Addr`, or a Pool later); it tells its
+//! supervisor about its life through a `Recipient<ConnectionEvent>` and hands
+//! unsolicited frames to a `Recipient<Pushed<P>>`.
+
+mod config;
+mod driver;
+mod messages;
+mod pending;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::dev::{MessageResponse, OneshotSender};
+use actix::{
+    Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, Recipient, ResponseFuture,
+};
+use futures::Sink;
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+pub use config::{ConnectionConfig, ConnectionConfigBuilder};
+pub use messages::{
+    Abort, Call, Close, ConnectionEvent, ConnectionId, ConnectionStats, GetStats, Pushed, SendFrame,
+};
+
+use crate::protocol::{Correlation, Inbound, Protocol};
+use crate::transport::Transport;
+use crate::{CallError, CloseReason, Overload};
+use driver::Driver;
+use pending::{Matched, PendingCalls};
+
+/// One connection to a peer: an actor that owns a framed transport, correlates replies
+/// with calls, keeps the link alive with heartbeats and bounds what it holds.
+///
+/// Start one with [`Connection::builder`]. See the [module docs](self) for its messages,
+/// states and guarantees.
+pub struct Connection<T: Transport, P: Protocol> {
+    id: ConnectionId,
+    peer: Arc<str>,
+    protocol: P,
+    config: ConnectionConfig,
+    framed: Framed<T, P::Codec>,
+    pending: Rc<RefCell<PendingCalls<P::Reply>>>,
+    events: Option<Recipient<ConnectionEvent>>,
+    pushes: Option<Recipient<Pushed<P>>>,
+    /// The id of the next request; ids are never reused.
+    next_id: u64,
+    /// Bytes ever encoded into the write buffer; with the buffer's length this says how
+    /// far the transport has taken them, which completes `SendFrame`s.
+    encoded_total: u64,
+    /// When the last inbound frame arrived.
+    last_read: Instant,
+    /// The outstanding heartbeat ping: its id and when it was sent.
+    ping: Option<(u64, Instant)>,
+    next_ping_id: u64,
+    rtt: Option<Duration>,
+    /// When the driver's timer should fire next.
+    timer_deadline: Instant,
+    /// Set by `Close`: the instant the close gives up on calls in flight.
+    closing: Option<(Instant, Duration)>,
+    close_waiters: Vec<tokio::sync::oneshot::Sender<CloseReason>>,
+    close_reason: Option<CloseReason>,
+    last_load: (usize, usize),
+    stats: Counters,
+    span: tracing::Span,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    calls: u64,
+    replies: u64,
+    timeouts: u64,
+    late_replies: u64,
+    overloaded: u64,
+    pushes: u64,
+    pushes_dropped: u64,
+    pings_sent: u64,
+}
+
+impl<T: Transport, P: Protocol> fmt::Debug for Connection<T, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("in_flight", &self.pending.borrow().waiting())
+            .field("close_reason", &self.close_reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets up a [`Connection`]; see [`Connection::builder`].
+#[must_use]
+pub struct ConnectionBuilder<T: Transport, P: Protocol> {
+    io: T,
+    protocol: P,
+    config: ConnectionConfig,
+    peer: Option<Arc<str>>,
+    events: Option<Recipient<ConnectionEvent>>,
+    pushes: Option<Recipient<Pushed<P>>>,
+}
+
+impl<T: Transport, P: Protocol> fmt::Debug for ConnectionBuilder<T, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionBuilder")
+            .field("config", &self.config)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
+    /// The connection's limits and timers. Defaults to [`ConnectionConfig::default`].
+    pub fn config(mut self, config: ConnectionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How the peer is named in stats, events and traces. Defaults to `"unknown"`.
+    pub fn peer(mut self, peer: impl Into<Arc<str>>) -> Self {
+        self.peer = Some(peer.into());
+        self
+    }
+
+    /// Who hears about the connection's life ([`ConnectionEvent`]). Defaults to nobody.
+    pub fn events(mut self, recipient: Recipient<ConnectionEvent>) -> Self {
+        self.events = Some(recipient);
+        self
+    }
+
+    /// Who receives the peer's pushes. Pushes are handed over with `try_send`: when the
+    /// recipient's mailbox is full (or there is no recipient) the push is dropped and
+    /// counted in [`ConnectionStats::pushes_dropped`], so a slow consumer never makes
+    /// the connection buffer without bound. Defaults to nobody.
+    pub fn pushes(mut self, recipient: Recipient<Pushed<P>>) -> Self {
+        self.pushes = Some(recipient);
+        self
+    }
+
+    /// The actor, not yet started (to start it in another context or arbiter).
+    pub fn build(self) -> Connection<T, P> {
+        let id = ConnectionId::next();
+        let peer = self.peer.unwrap_or_else(|| Arc::from("unknown"));
+        let span = tracing::debug_span!("connection", id = %id, peer = %peer);
+        let correlation = self.protocol.correlation();
+        let now = Instant::now();
+        Connection {
+            id,
+            peer,
+            framed: Framed::new(self.io, self.protocol.codec()),
+            protocol: self.protocol,
+            pending: Rc::new(RefCell::new(PendingCalls::new(
+                correlation,
+                self.config.max_in_flight,
+            ))),
+            config: self.config,
+            events: self.events,
+            pushes: self.pushes,
+            next_id: 1,
+            encoded_total: 0,
+            last_read: now,
+            ping: None,
+            next_ping_id: 1,
+            rtt: None,
+            timer_deadline: now,
+            closing: None,
+            close_waiters: Vec::new(),
+            close_reason: None,
+            last_load: (0, 0),
+            stats: Counters::default(),
+            span,
+        }
+    }
+
+    /// Starts the actor in the current arbiter and returns its address.
+    pub fn start(self) -> actix::Addr<Connection<T, P>> {
+        self.build().start()
+    }
+}
+
+impl<T: Transport, P: Protocol> Connection<T, P> {
+    /// Sets up a connection over `io`, an open transport, speaking `protocol`.
+    pub fn builder(io: T, protocol: P) -> ConnectionBuilder<T, P> {
+        ConnectionBuilder {
+            io,
+            protocol,
+            config: ConnectionConfig::default(),
+            peer: None,
+            events: None,
+            pushes: None,
+        }
+    }
+
+    /// This connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    fn is_finished(&self) -> bool {
+        self.close_reason.is_some()
+    }
+
+    /// Whether a graceful close has nothing left to wait for.
+    fn is_drained(&self) -> bool {
+        self.closing.is_some()
+            && self.pending.borrow().is_idle()
+            && self.framed.write_buffer().is_empty()
+    }
+
+    /// Refuses new work once the connection is closing or closed.
+    fn admit(&self) -> Result<(), CallError> {
+        if let Some(reason) = &self.close_reason {
+            return Err(CallError::Closed(reason.clone()));
+        }
+        if self.closing.is_some() {
+            return Err(CallError::Closing);
+        }
+        Ok(())
+    }
+
+    /// Encodes `frame` into the write buffer, within `max_write_buffer`. On any error
+    /// the buffer is left exactly as it was, so no partial frame is ever written.
+    fn write(&mut self, frame: P::Frame) -> Result<(), CallError> {
+        let limit = self.config.max_write_buffer;
+        let before = self.framed.write_buffer().len();
+        if before >= limit {
+            self.stats.overloaded += 1;
+            return Err(CallError::Overloaded(Overload::WriteBuffer {
+                buffered: before,
+                limit,
+            }));
+        }
+        if let Err(error) = Pin::new(&mut self.framed).start_send(frame) {
+            self.framed.write_buffer_mut().truncate(before);
+            return Err(CallError::Encode(Arc::new(error)));
+        }
+        let after = self.framed.write_buffer().len();
+        // One frame larger than the whole cap may go alone into an empty buffer;
+        // otherwise the cap is exact.
+        if after > limit && before > 0 {
+            self.framed.write_buffer_mut().truncate(before);
+            self.stats.overloaded += 1;
+            return Err(CallError::Overloaded(Overload::WriteBuffer {
+                buffered: before,
+                limit,
+            }));
+        }
+        self.encoded_total += (after - before) as u64;
+        Ok(())
+    }
+
+    fn start_call(&mut self, call: Call<P>) -> Result<u64, CallError> {
+        self.admit()?;
+        let limit = self.config.max_in_flight;
+        if self.pending.borrow().depth() >= limit {
+            self.stats.overloaded += 1;
+            return Err(CallError::Overloaded(Overload::InFlight { limit }));
+        }
+        let id = self.next_id;
+        self.write(self.protocol.request(id, call.request))?;
+        self.next_id += 1;
+        let timeout = call.timeout.unwrap_or(self.config.call_timeout);
+        let deadline = Instant::now() + timeout;
+        self.pending.borrow_mut().insert(id, deadline, timeout);
+        self.timer_deadline = self.timer_deadline.min(deadline);
+        self.stats.calls += 1;
+        Ok(id)
+    }
+
+    /// Notes how far the transport has taken the write buffer, completing sends.
+    fn note_written(&mut self) {
+        let written = self.encoded_total - self.framed.write_buffer().len() as u64;
+        self.pending.borrow_mut().flushed(written);
+    }
+
+    fn on_frame(&mut self, frame: P::Frame, ctx: &mut Context<Self>) {
+        match self.protocol.classify(frame) {
+            Inbound::Reply { id, reply } => {
+                let result = reply.map_err(CallError::Remote);
+                let matched = self.pending.borrow_mut().complete(id, self.next_id, result);
+                match matched {
+                    Matched::Delivered => self.stats.replies += 1,
+                    Matched::Late => {
+                        self.stats.late_replies += 1;
+                        tracing::trace!(parent: &self.span, id, "late reply dropped");
+                    }
+                    Matched::Heartbeat(sent_at) => self.on_pong(sent_at),
+                    Matched::Unknown(id) => {
+                        let problem = match self.protocol.correlation() {
+                            Correlation::ById => format!("reply for id {id}, which was never sent"),
+                            Correlation::InOrder => "reply with no request outstanding".to_owned(),
+                        };
+                        self.shutdown(CloseReason::Protocol(problem.into()), ctx);
+                    }
+                    Matched::Duplicate(id) => {
+                        let problem = format!("second reply for id {id}");
+                        self.shutdown(CloseReason::Protocol(problem.into()), ctx);
+                    }
+                }
+            }
+            Inbound::Ping { pong } => {
+                // A peer that pings but does not read gets no pong once the buffer is
+                // full: it is not reading them anyway, and the cap must hold.
+                if self.write(pong).is_err() {
+                    tracing::debug!(parent: &self.span, "pong not written: write buffer full");
+                }
+            }
+            Inbound::Pong { id } => match self.ping {
+                Some((ping_id, sent_at)) if ping_id == id => self.on_pong(sent_at),
+                _ => {
+                    tracing::debug!(parent: &self.span, id, "pong for no outstanding ping ignored")
+                }
+            },
+            Inbound::Push(push) => self.deliver_push(push),
+            Inbound::Request(_) => {
+                let problem = "the peer sent a request to a client connection";
+                self.shutdown(CloseReason::Protocol(problem.into()), ctx);
+            }
+        }
+    }
+
+    fn deliver_push(&mut self, push: P::Push) {
+        let Some(recipient) = &self.pushes else {
+            self.stats.pushes_dropped += 1;
+            return;
+        };
+        match recipient.try_send(Pushed {
+            connection: self.id,
+            push,
+        }) {
+            Ok(()) => self.stats.pushes += 1,
+            Err(_) => {
+                self.stats.pushes_dropped += 1;
+                tracing::debug!(parent: &self.span, "push dropped: recipient full or gone");
+            }
+        }
+    }
+
+    fn on_pong(&mut self, sent_at: Instant) {
+        let now = Instant::now();
+        let rtt = now - sent_at;
+        self.ping = None;
+        self.rtt = Some(rtt);
+        self.timer_deadline = self
+            .timer_deadline
+            .min(now + self.config.heartbeat_interval);
+        tracing::trace!(parent: &self.span, ?rtt, "heartbeat round trip");
+        self.emit(ConnectionEvent::Rtt { id: self.id, rtt });
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        let id = self.next_ping_id;
+        if self.write(self.protocol.ping(id)).is_err() {
+            // The buffer is full: the peer is not reading. Silence will tell.
+            return;
+        }
+        self.next_ping_id += 1;
+        if self.protocol.correlation() == Correlation::InOrder {
+            self.pending.borrow_mut().insert_heartbeat(now);
+        }
+        self.ping = Some((id, now));
+        self.stats.pings_sent += 1;
+    }
+
+    /// Runs when the timer fires: call timeouts, heartbeat, close timeout. Returns when
+    /// to fire next, or `None` if the connection stopped.
+    fn on_timer(&mut self, now: Instant, ctx: &mut Context<Self>) -> Option<Instant> {
+        let (expired, next_call) = self.pending.borrow_mut().expire(now);
+        if expired > 0 {
+            self.stats.timeouts += expired;
+            tracing::debug!(parent: &self.span, expired, "calls timed out");
+        }
+        if let Some((deadline, after)) = self.closing {
+            if now >= deadline {
+                self.shutdown(CloseReason::CloseTimeout { after }, ctx);
+                return None;
+            }
+        }
+
+        let interval = self.config.heartbeat_interval;
+        let timeout = self.config.heartbeat_timeout;
+        let silent_for = now - self.last_read;
+        if silent_for >= timeout {
+            self.shutdown(CloseReason::HeartbeatTimeout { silent_for }, ctx);
+            return None;
+        }
+        // Under id correlation a ping unanswered for a whole timeout while other frames
+        // kept arriving is presumed lost; the next quiet spell sends a fresh one.
+        if let Some((_, sent_at)) = self.ping {
+            if self.protocol.correlation() == Correlation::ById && now - sent_at >= timeout {
+                self.ping = None;
+            }
+        }
+        if self.ping.is_none() && silent_for >= interval {
+            self.send_ping(now);
+        }
+        let next_heartbeat = if self.ping.is_some() {
+            self.last_read + timeout
+        } else {
+            self.last_read + interval
+        };
+        self.report_load();
+
+        let mut next = next_heartbeat;
+        if let Some(deadline) = next_call {
+            next = next.min(deadline);
+        }
+        if let Some((deadline, _)) = self.closing {
+            next = next.min(deadline);
+        }
+        Some(next)
+    }
+
+    fn report_load(&mut self) {
+        let load = (
+            self.pending.borrow().waiting(),
+            self.framed.write_buffer().len(),
+        );
+        if load != self.last_load {
+            self.last_load = load;
+            self.emit(ConnectionEvent::Load {
+                id: self.id,
+                in_flight: load.0,
+                buffered_write_bytes: load.1,
+            });
+        }
+    }
+
+    fn emit(&self, event: ConnectionEvent) {
+        if let Some(events) = &self.events {
+            // `do_send` ignores the mailbox's capacity: events are few (one per
+            // heartbeat at most, plus Connected and Closed), and `Closed` must reach a
+            // live supervisor even when its mailbox is momentarily full. A supervisor
+            // that is gone does not need them.
+            events.do_send(event);
+        }
+    }
+
+    /// Stops the connection with `reason`, once.
+    fn shutdown(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+        if self.finish(reason) {
+            ctx.stop();
+        }
+    }
+
+    /// Fails everything pending with `reason` and tells everyone who asked; returns
+    /// whether this was the first reason.
+    fn finish(&mut self, reason: CloseReason) -> bool {
+        if self.close_reason.is_some() {
+            return false;
+        }
+        let failed = self.pending.borrow_mut().fail_all(&reason);
+        match &reason {
+            CloseReason::Closed | CloseReason::Aborted => {
+                tracing::debug!(parent: &self.span, %reason, failed, "connection closed")
+            }
+            _ => tracing::info!(parent: &self.span, %reason, failed, "connection closed"),
+        }
+        self.close_reason = Some(reason.clone());
+        for waiter in self.close_waiters.drain(..) {
+            let _ = waiter.send(reason.clone());
+        }
+        self.emit(ConnectionEvent::Closed {
+            id: self.id,
+            reason,
+        });
+        true
+    }
+
+    fn stats(&self) -> ConnectionStats {
+        let c = self.stats;
+        ConnectionStats {
+            id: self.id,
+            peer: self.peer.clone(),
+            in_flight: self.pending.borrow().waiting(),
+            buffered_write_bytes: self.framed.write_buffer().len(),
+            rtt: self.rtt,
+            closing: self.closing.is_some(),
+            calls: c.calls,
+            replies: c.replies,
+            timeouts: c.timeouts,
+            late_replies: c.late_replies,
+            overloaded: c.overloaded,
+            pushes: c.pushes,
+            pushes_dropped: c.pushes_dropped,
+            pings_sent: c.pings_sent,
+        }
+    }
+}
+
+impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Callers hold their own `Addr` clones, each with a guaranteed slot; a
+        // capacity as large as the in-flight bound keeps senders from parking (and
+        // being unparked one by one) when hundreds of calls arrive at once.
+        ctx.set_mailbox_capacity(self.config.max_in_flight);
+        let now = Instant::now();
+        self.last_read = now;
+        self.timer_deadline = now + self.config.heartbeat_interval;
+        ctx.spawn(Driver::new(self.timer_deadline));
+        tracing::debug!(parent: &self.span, "connection started");
+        self.emit(ConnectionEvent::Connected {
+            id: self.id,
+            peer: self.peer.clone(),
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // Stopped without a reason of its own (the arbiter or system shut down).
+        self.finish(CloseReason::Stopped);
+    }
+}
+
+/// The reply of a [`Call`] handler: either an error now, or a call filed in the
+/// pending table, to which actix then hands the caller's reply sender.
+///
+/// Returning this instead of a future means a call allocates no extra channel and
+/// spawns nothing: the reply goes straight from the reader to the caller.
+pub struct CallReply<P: Protocol>(Reply<P::Reply>);
+
+/// The reply of a [`SendFrame`] handler, like [`CallReply`].
+pub struct SendReply<P: Protocol>(Reply<P::Reply>);
+
+enum Reply<R> {
+    Failed(CallError),
+    Call(u64, Rc<RefCell<PendingCalls<R>>>),
+    Flush(u64, Rc<RefCell<PendingCalls<R>>>),
+}
+
+impl<P: Protocol> fmt::Debug for CallReply<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallReply")
+    }
+}
+
+impl<P: Protocol> fmt::Debug for SendReply<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SendReply")
+    }
+}
+
+impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, Call<P>> for CallReply<P> {
+    fn handle(
+        self,
+        _: &mut Context<Connection<T, P>>,
+        tx: Option<OneshotSender<Result<P::Reply, CallError>>>,
+    ) {
+        let Some(tx) = tx else { return };
+        match self.0 {
+            Reply::Failed(error) => {
+                let _ = tx.send(Err(error));
+            }
+            Reply::Call(id, pending) => pending.borrow_mut().attach(id, tx),
+            Reply::Flush(..) => unreachable!("a call is never filed as a send"),
+        }
+    }
+}
+
+impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, SendFrame<P>> for SendReply<P> {
+    fn handle(
+        self,
+        _: &mut Context<Connection<T, P>>,
+        tx: Option<OneshotSender<Result<(), CallError>>>,
+    ) {
+        let Some(tx) = tx else { return };
+        match self.0 {
+            Reply::Failed(error) => {
+                let _ = tx.send(Err(error));
+            }
+            Reply::Flush(offset, pending) => pending.borrow_mut().attach_flush(offset, tx),
+            Reply::Call(..) => unreachable!("a send is never filed as a call"),
+        }
+    }
+}
+
+impl<T: Transport, P: Protocol> Handler<Call<P>> for Connection<T, P> {
+    type Result = CallReply<P>;
+
+    /// Encodes the request and files the call; the reply reaches the caller when the
+    /// driver reads it, or an error when the call times out or the connection stops.
+    fn handle(&mut self, call: Call<P>, _: &mut Context<Self>) -> CallReply<P> {
+        CallReply(match self.start_call(call) {
+            Ok(id) => Reply::Call(id, self.pending.clone()),
+            Err(error) => Reply::Failed(error),
+        })
+    }
+}
+
+impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
+    type Result = SendReply<P>;
+
+    /// Encodes the frame; the sender hears back once the transport took it.
+    fn handle(&mut self, send: SendFrame<P>, _: &mut Context<Self>) -> SendReply<P> {
+        let result = self.admit().and_then(|()| self.write(send.frame));
+        let reply = match result {
+            Ok(()) => {
+                self.pending.borrow_mut().insert_flush(self.encoded_total);
+                Reply::Flush(self.encoded_total, self.pending.clone())
+            }
+            Err(error) => Reply::Failed(error),
+        };
+        SendReply(reply)
+    }
+}
+
+impl<T: Transport, P: Protocol> Handler<Close> for Connection<T, P> {
+    type Result = ResponseFuture<CloseReason>;
+
+    /// Stops taking calls and closes once the calls in flight are answered, or when
+    /// the timeout runs out.
+    fn handle(&mut self, close: Close, _: &mut Context<Self>) -> ResponseFuture<CloseReason> {
+        if let Some(reason) = &self.close_reason {
+            let reason = reason.clone();
+            return Box::pin(async move { reason });
+        }
+        if self.closing.is_none() {
+            let after = close.timeout.unwrap_or(self.config.close_timeout);
+            let deadline = Instant::now() + after;
+            self.closing = Some((deadline, after));
+            self.timer_deadline = self.timer_deadline.min(deadline);
+            tracing::debug!(parent: &self.span, ?after, "closing");
+        }
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.close_waiters.push(sender);
+        Box::pin(async move { receiver.await.unwrap_or(CloseReason::Stopped) })
+    }
+}
+
+impl<T: Transport, P: Protocol> Handler<Abort> for Connection<T, P> {
+    type Result = MessageResult<Abort>;
+
+    /// Fails everything pending and stops at once.
+    fn handle(&mut self, _: Abort, ctx: &mut Context<Self>) -> MessageResult<Abort> {
+        self.shutdown(CloseReason::Aborted, ctx);
+        MessageResult(self.close_reason.clone().unwrap_or(CloseReason::Aborted))
+    }
+}
+
+impl<T: Transport, P: Protocol> Handler<GetStats> for Connection<T, P> {
+    type Result = MessageResult<GetStats>;
+
+    /// A snapshot of state and counters.
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> MessageResult<GetStats> {
+        MessageResult(self.stats())
+    }
+}

@@ -1,0 +1,309 @@
+//! The table of calls awaiting replies, and of sends awaiting the transport.
+//!
+//! Replies are matched by id (a hash map) or in order (a queue), as the protocol says.
+//! A call that times out is *abandoned*, not forgotten: its reply may still come, and
+//! must be dropped rather than taken for another call's reply or for a protocol error.
+//! Under id correlation abandoned ids sit in a bounded set; past the bound the oldest
+//! are forgotten and replies for ids at or below the newest forgotten one are dropped
+//! as stale. Under in-order correlation an abandoned call keeps its place in the queue
+//! until its reply arrives.
+//!
+//! The table lives behind `Rc<RefCell<..>>` because a call's reply sender is handed
+//! over by actix *after* the handler returns (see `CallReply`): the handler files the
+//! call without a sender, and the response attaches the sender a moment later.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use actix::dev::OneshotSender;
+use rustc_hash::{FxHashMap, FxHashSet};
+use tokio::time::Instant;
+
+use crate::protocol::Correlation;
+use crate::{CallError, CloseReason};
+
+type ReplySender<R> = OneshotSender<Result<R, CallError>>;
+
+/// A call waiting for its reply.
+struct Waiting<R> {
+    /// `None` until actix hands the sender over, or for a call sent with `do_send`.
+    sender: Option<ReplySender<R>>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl<R> Waiting<R> {
+    fn finish(self, result: Result<R, CallError>) {
+        if let Some(sender) = self.sender {
+            // The caller may have given up (dropped its future); nobody to tell then.
+            let _ = sender.send(result);
+        }
+    }
+}
+
+/// A place in the in-order reply queue.
+enum Slot<R> {
+    Call { id: u64, waiting: Waiting<R> },
+    Abandoned,
+    Heartbeat { sent_at: Instant },
+}
+
+/// What an inbound reply turned out to be.
+pub(crate) enum Matched {
+    /// Delivered to its caller.
+    Delivered,
+    /// The reply to a call that had timed out; dropped.
+    Late,
+    /// The reply to a heartbeat ping (in-order protocols), sent at this instant.
+    Heartbeat(Instant),
+    /// No call was made with this id, or nothing is outstanding.
+    Unknown(u64),
+    /// This id was answered already.
+    Duplicate(u64),
+}
+
+pub(crate) struct PendingCalls<R> {
+    correlation: Correlation,
+    by_id: FxHashMap<u64, Waiting<R>>,
+    abandoned: FxHashSet<u64>,
+    abandoned_order: VecDeque<u64>,
+    abandoned_cap: usize,
+    /// Replies for ids below this are dropped as stale (their abandonment was forgotten).
+    stale_below: u64,
+    in_order: VecDeque<Slot<R>>,
+    /// Calls waiting for a reply (abandoned ones and heartbeats excluded).
+    waiting: usize,
+    /// Sends waiting until the transport has taken the bytes up to an offset.
+    flushes: VecDeque<(u64, Option<OneshotSender<Result<(), CallError>>>)>,
+}
+
+impl<R> PendingCalls<R> {
+    pub(crate) fn new(correlation: Correlation, abandoned_cap: usize) -> Self {
+        Self {
+            correlation,
+            by_id: FxHashMap::default(),
+            abandoned: FxHashSet::default(),
+            abandoned_order: VecDeque::new(),
+            abandoned_cap,
+            stale_below: 0,
+            in_order: VecDeque::new(),
+            waiting: 0,
+            flushes: VecDeque::new(),
+        }
+    }
+
+    /// Calls waiting for a reply.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting
+    }
+
+    /// Requests in the pipeline that count against `max_in_flight`: waiting calls, and
+    /// for in-order protocols also abandoned ones (they still hold a place in line).
+    pub(crate) fn depth(&self) -> usize {
+        match self.correlation {
+            Correlation::ById => self.by_id.len(),
+            Correlation::InOrder => self.in_order.len(),
+        }
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.waiting == 0 && self.flushes.is_empty()
+    }
+
+    /// Files a call that was just written; its sender comes later through `attach`.
+    pub(crate) fn insert(&mut self, id: u64, deadline: Instant, timeout: Duration) {
+        let waiting = Waiting {
+            sender: None,
+            deadline,
+            timeout,
+        };
+        match self.correlation {
+            Correlation::ById => {
+                self.by_id.insert(id, waiting);
+            }
+            Correlation::InOrder => self.in_order.push_back(Slot::Call { id, waiting }),
+        }
+        self.waiting += 1;
+    }
+
+    /// Attaches the caller's reply sender to call `id`. If the call was already
+    /// resolved in between (impossible today, but cheap to guard), the sender is
+    /// dropped and the caller sees a closed mailbox rather than hanging.
+    pub(crate) fn attach(&mut self, id: u64, sender: ReplySender<R>) {
+        let waiting = match self.correlation {
+            Correlation::ById => self.by_id.get_mut(&id),
+            // The call was filed a moment ago, so it is at or near the back.
+            Correlation::InOrder => self.in_order.iter_mut().rev().find_map(|slot| match slot {
+                Slot::Call {
+                    id: slot_id,
+                    waiting,
+                } if *slot_id == id => Some(waiting),
+                _ => None,
+            }),
+        };
+        if let Some(waiting) = waiting {
+            waiting.sender = Some(sender);
+        }
+    }
+
+    /// Files a heartbeat ping in the in-order queue.
+    pub(crate) fn insert_heartbeat(&mut self, sent_at: Instant) {
+        debug_assert_eq!(self.correlation, Correlation::InOrder);
+        self.in_order.push_back(Slot::Heartbeat { sent_at });
+    }
+
+    /// Matches an inbound reply with its call and delivers it.
+    pub(crate) fn complete(
+        &mut self,
+        id: u64,
+        next_id: u64,
+        result: Result<R, CallError>,
+    ) -> Matched {
+        match self.correlation {
+            Correlation::ById => {
+                if let Some(waiting) = self.by_id.remove(&id) {
+                    self.waiting -= 1;
+                    waiting.finish(result);
+                    Matched::Delivered
+                } else if self.abandoned.remove(&id) {
+                    Matched::Late
+                } else if id >= next_id {
+                    Matched::Unknown(id)
+                } else if id < self.stale_below {
+                    Matched::Late
+                } else {
+                    Matched::Duplicate(id)
+                }
+            }
+            Correlation::InOrder => match self.in_order.pop_front() {
+                Some(Slot::Call { waiting, .. }) => {
+                    self.waiting -= 1;
+                    waiting.finish(result);
+                    Matched::Delivered
+                }
+                Some(Slot::Abandoned) => Matched::Late,
+                Some(Slot::Heartbeat { sent_at }) => Matched::Heartbeat(sent_at),
+                None => Matched::Unknown(id),
+            },
+        }
+    }
+
+    /// Fails every call whose deadline has passed with `Timeout`, and returns how many
+    /// did, with the earliest deadline still ahead.
+    pub(crate) fn expire(&mut self, now: Instant) -> (u64, Option<Instant>) {
+        let mut expired = 0;
+        let mut next: Option<Instant> = None;
+        match self.correlation {
+            Correlation::ById => {
+                let mut ids = Vec::new();
+                for (id, waiting) in &self.by_id {
+                    if waiting.deadline <= now {
+                        ids.push(*id);
+                    } else {
+                        next = Some(next.map_or(waiting.deadline, |n| n.min(waiting.deadline)));
+                    }
+                }
+                for id in ids {
+                    if let Some(waiting) = self.by_id.remove(&id) {
+                        let after = waiting.timeout;
+                        waiting.finish(Err(CallError::Timeout { after }));
+                        self.abandon(id);
+                        expired += 1;
+                    }
+                }
+            }
+            Correlation::InOrder => {
+                for slot in &mut self.in_order {
+                    let Slot::Call { waiting, .. } = slot else {
+                        continue;
+                    };
+                    if waiting.deadline <= now {
+                        let Slot::Call { waiting, .. } = std::mem::replace(slot, Slot::Abandoned)
+                        else {
+                            unreachable!("matched as a call above")
+                        };
+                        let after = waiting.timeout;
+                        waiting.finish(Err(CallError::Timeout { after }));
+                        expired += 1;
+                    } else {
+                        next = Some(next.map_or(waiting.deadline, |n| n.min(waiting.deadline)));
+                    }
+                }
+            }
+        }
+        self.waiting -= expired as usize;
+        (expired, next)
+    }
+
+    fn abandon(&mut self, id: u64) {
+        if self.abandoned_order.len() == self.abandoned_cap {
+            if let Some(forgotten) = self.abandoned_order.pop_front() {
+                // Ids are not reused, so a reply for a forgotten id can only be late.
+                if self.abandoned.remove(&forgotten) {
+                    self.stale_below = self.stale_below.max(forgotten + 1);
+                }
+            }
+        }
+        self.abandoned.insert(id);
+        self.abandoned_order.push_back(id);
+        if self.abandoned_order.len() > self.abandoned.len() * 2 + 64 {
+            // Late replies removed ids from the set; drop them from the order too so it
+            // stays proportional to the set.
+            let abandoned = &self.abandoned;
+            self.abandoned_order.retain(|id| abandoned.contains(id));
+        }
+    }
+
+    /// Files a send that completes once the transport has taken `offset` bytes in all.
+    pub(crate) fn insert_flush(&mut self, offset: u64) {
+        self.flushes.push_back((offset, None));
+    }
+
+    /// Attaches the sender's reply channel to the send at `offset`.
+    pub(crate) fn attach_flush(
+        &mut self,
+        offset: u64,
+        sender: OneshotSender<Result<(), CallError>>,
+    ) {
+        if let Some(entry) = self.flushes.iter_mut().rev().find(|(o, _)| *o == offset) {
+            entry.1 = Some(sender);
+        }
+    }
+
+    /// Completes the sends whose bytes the transport has taken.
+    pub(crate) fn flushed(&mut self, written: u64) {
+        while let Some((offset, _)) = self.flushes.front() {
+            if *offset > written {
+                break;
+            }
+            if let Some((_, Some(sender))) = self.flushes.pop_front() {
+                let _ = sender.send(Ok(()));
+            }
+        }
+    }
+
+    /// Fails everything pending with `reason`, exactly once each; returns how many calls
+    /// failed.
+    pub(crate) fn fail_all(&mut self, reason: &CloseReason) -> usize {
+        let mut failed = 0;
+        for (_, waiting) in self.by_id.drain() {
+            waiting.finish(Err(CallError::Closed(reason.clone())));
+            failed += 1;
+        }
+        for slot in self.in_order.drain(..) {
+            if let Slot::Call { waiting, .. } = slot {
+                waiting.finish(Err(CallError::Closed(reason.clone())));
+                failed += 1;
+            }
+        }
+        for (_, sender) in self.flushes.drain(..) {
+            if let Some(sender) = sender {
+                let _ = sender.send(Err(CallError::Closed(reason.clone())));
+            }
+        }
+        self.abandoned.clear();
+        self.abandoned_order.clear();
+        self.waiting = 0;
+        failed
+    }
+}
