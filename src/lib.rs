@@ -16,3 +16,5 @@ pub use connection::{
     SendFrame, SendReply,
 };
 pub use error::{CallError, CloseReason, ConfigError, ConnectError, Overload};
+#[cfg(feature = "testkit")]
+pub mod testkit;

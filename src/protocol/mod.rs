@@ -35,7 +35,7 @@ pub enum Correlation {
 
 /// What an inbound frame means to the [`Connection`](crate::Connection).
 #[derive(Debug)]
-pub enum Inbound<P: Protocol + ?Sized> {
+pub enum Inbound<P: Protocol> {
     /// The reply to a call. `id` is ignored under [`Correlation::InOrder`].
     Reply {
         /// The id of the request this answers.
