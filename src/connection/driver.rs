@@ -29,9 +29,17 @@ use crate::CloseReason;
 /// connection cannot starve its arbiter.
 const READ_BUDGET: usize = 1024;
 
+/// Frames per poll above which the connection counts as busy.
+const BUSY_FRAMES: usize = 32;
+/// Spare read capacity a busy connection keeps, so a burst of replies comes in with
+/// one read instead of one per 8 KiB; an idle connection keeps its small buffer.
+const BUSY_READ_SPARE: usize = 64 * 1024;
+
 pub(super) struct Driver {
     sleep: Pin<Box<Sleep>>,
     armed: Instant,
+    /// Whether the last poll read more than [`BUSY_FRAMES`] frames.
+    busy: bool,
 }
 
 impl Driver {
@@ -39,6 +47,7 @@ impl Driver {
         Self {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             armed: deadline,
+            busy: false,
         }
     }
 }
@@ -58,6 +67,12 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
         }
 
         // Read first, so that the timer below judges liveness by what just arrived.
+        if this.busy {
+            let buffer = act.framed.read_buffer_mut();
+            if buffer.capacity() - buffer.len() < BUSY_READ_SPARE / 2 {
+                buffer.reserve(BUSY_READ_SPARE);
+            }
+        }
         let mut frames = 0;
         loop {
             match Pin::new(&mut act.framed).poll_next(task) {
@@ -86,6 +101,7 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
         if frames > 0 {
             act.last_read = Instant::now();
         }
+        this.busy = frames > BUSY_FRAMES;
 
         // The timer: fire, re-arm, and poll again so the new deadline registers a wake-up.
         loop {
@@ -115,6 +131,8 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             act.shutdown(CloseReason::Closed, ctx);
             return Poll::Ready(());
         }
+        // The mailbox batch that ran before this poll is over.
+        act.batch_now = None;
         Poll::Pending
     }
 }

@@ -93,6 +93,8 @@ pub struct Connection<T: Transport, P: Protocol> {
     rtt: Option<Duration>,
     /// When the driver's timer should fire next.
     timer_deadline: Instant,
+    /// The clock read once per mailbox batch; see `batch_now`.
+    batch_now: Option<Instant>,
     /// Set by `Close`: the instant the close gives up on calls in flight.
     closing: Option<(Instant, Duration)>,
     close_waiters: Vec<tokio::sync::oneshot::Sender<CloseReason>>,
@@ -199,6 +201,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             next_ping_id: 1,
             rtt: None,
             timer_deadline: now,
+            batch_now: None,
             closing: None,
             close_waiters: Vec::new(),
             close_reason: None,
@@ -285,7 +288,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         Ok(())
     }
 
-    fn start_call(&mut self, call: Call<P>) -> Result<u64, CallError> {
+    fn start_call(&mut self, call: Call<P>) -> Result<WrittenCall<P::Reply>, CallError> {
         self.admit()?;
         let limit = self.config.max_in_flight;
         if self.pending.borrow().depth() >= limit {
@@ -296,11 +299,23 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         self.write(self.protocol.request(id, call.request))?;
         self.next_id += 1;
         let timeout = call.timeout.unwrap_or(self.config.call_timeout);
-        let deadline = Instant::now() + timeout;
-        self.pending.borrow_mut().insert(id, deadline, timeout);
+        let deadline = self.batch_now() + timeout;
         self.timer_deadline = self.timer_deadline.min(deadline);
         self.stats.calls += 1;
-        Ok(id)
+        Ok(WrittenCall {
+            id,
+            deadline,
+            timeout,
+            pending: self.pending.clone(),
+        })
+    }
+
+    /// The time at the start of the current mailbox batch. Actix handles a batch of
+    /// messages in one go and then polls the driver, which clears this; so a burst
+    /// of calls reads the clock once, and a deadline is early by at most the time the
+    /// batch takes to handle.
+    fn batch_now(&mut self) -> Instant {
+        *self.batch_now.get_or_insert_with(Instant::now)
     }
 
     /// Notes how far the transport has taken the write buffer, completing sends.
@@ -561,8 +576,16 @@ pub struct SendReply<P: Protocol>(Reply<P::Reply>);
 
 enum Reply<R> {
     Failed(CallError),
-    Call(u64, Rc<RefCell<PendingCalls<R>>>),
+    Call(WrittenCall<R>),
     Flush(u64, Rc<RefCell<PendingCalls<R>>>),
+}
+
+/// A call whose request is in the write buffer, to be filed with its reply sender.
+struct WrittenCall<R> {
+    id: u64,
+    deadline: Instant,
+    timeout: Duration,
+    pending: Rc<RefCell<PendingCalls<R>>>,
 }
 
 impl<P: Protocol> fmt::Debug for CallReply<P> {
@@ -583,12 +606,18 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, Call<P>> for C
         _: &mut Context<Connection<T, P>>,
         tx: Option<OneshotSender<Result<P::Reply, CallError>>>,
     ) {
-        let Some(tx) = tx else { return };
         match self.0 {
             Reply::Failed(error) => {
-                let _ = tx.send(Err(error));
+                if let Some(tx) = tx {
+                    let _ = tx.send(Err(error));
+                }
             }
-            Reply::Call(id, pending) => pending.borrow_mut().attach(id, tx),
+            // Filed even without a sender (`do_send`), so that its reply is expected.
+            Reply::Call(call) => {
+                call.pending
+                    .borrow_mut()
+                    .insert(call.id, call.deadline, call.timeout, tx)
+            }
             Reply::Flush(..) => unreachable!("a call is never filed as a send"),
         }
     }
@@ -600,12 +629,13 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, SendFrame<P>> 
         _: &mut Context<Connection<T, P>>,
         tx: Option<OneshotSender<Result<(), CallError>>>,
     ) {
-        let Some(tx) = tx else { return };
         match self.0 {
             Reply::Failed(error) => {
-                let _ = tx.send(Err(error));
+                if let Some(tx) = tx {
+                    let _ = tx.send(Err(error));
+                }
             }
-            Reply::Flush(offset, pending) => pending.borrow_mut().attach_flush(offset, tx),
+            Reply::Flush(offset, pending) => pending.borrow_mut().insert_flush(offset, tx),
             Reply::Call(..) => unreachable!("a send is never filed as a call"),
         }
     }
@@ -618,7 +648,7 @@ impl<T: Transport, P: Protocol> Handler<Call<P>> for Connection<T, P> {
     /// driver reads it, or an error when the call times out or the connection stops.
     fn handle(&mut self, call: Call<P>, _: &mut Context<Self>) -> CallReply<P> {
         CallReply(match self.start_call(call) {
-            Ok(id) => Reply::Call(id, self.pending.clone()),
+            Ok(written) => Reply::Call(written),
             Err(error) => Reply::Failed(error),
         })
     }
@@ -631,10 +661,7 @@ impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
     fn handle(&mut self, send: SendFrame<P>, _: &mut Context<Self>) -> SendReply<P> {
         let result = self.admit().and_then(|()| self.write(send.frame));
         let reply = match result {
-            Ok(()) => {
-                self.pending.borrow_mut().insert_flush(self.encoded_total);
-                Reply::Flush(self.encoded_total, self.pending.clone())
-            }
+            Ok(()) => Reply::Flush(self.encoded_total, self.pending.clone()),
             Err(error) => Reply::Failed(error),
         };
         SendReply(reply)

@@ -9,8 +9,9 @@
 //! until its reply arrives.
 //!
 //! The table lives behind `Rc<RefCell<..>>` because a call's reply sender is handed
-//! over by actix *after* the handler returns (see `CallReply`): the handler files the
-//! call without a sender, and the response attaches the sender a moment later.
+//! over by actix *after* the handler returns (see `CallReply`): the handler writes the
+//! request, and the response files the call with its sender a moment later, before
+//! anything else runs on the actor.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,10 +24,11 @@ use crate::protocol::Correlation;
 use crate::{CallError, CloseReason};
 
 type ReplySender<R> = OneshotSender<Result<R, CallError>>;
+type SendSender = OneshotSender<Result<(), CallError>>;
 
 /// A call waiting for its reply.
 struct Waiting<R> {
-    /// `None` until actix hands the sender over, or for a call sent with `do_send`.
+    /// `None` for a call sent with `do_send`.
     sender: Option<ReplySender<R>>,
     deadline: Instant,
     timeout: Duration,
@@ -43,7 +45,7 @@ impl<R> Waiting<R> {
 
 /// A place in the in-order reply queue.
 enum Slot<R> {
-    Call { id: u64, waiting: Waiting<R> },
+    Call { waiting: Waiting<R> },
     Abandoned,
     Heartbeat { sent_at: Instant },
 }
@@ -74,7 +76,7 @@ pub(crate) struct PendingCalls<R> {
     /// Calls waiting for a reply (abandoned ones and heartbeats excluded).
     waiting: usize,
     /// Sends waiting until the transport has taken the bytes up to an offset.
-    flushes: VecDeque<(u64, Option<OneshotSender<Result<(), CallError>>>)>,
+    flushes: VecDeque<(u64, Option<SendSender>)>,
 }
 
 impl<R> PendingCalls<R> {
@@ -110,10 +112,17 @@ impl<R> PendingCalls<R> {
         self.waiting == 0 && self.flushes.is_empty()
     }
 
-    /// Files a call that was just written; its sender comes later through `attach`.
-    pub(crate) fn insert(&mut self, id: u64, deadline: Instant, timeout: Duration) {
+    /// Files a call that was just written, with the caller's reply sender (`None` for a
+    /// call sent with `do_send`, whose reply is dropped on arrival).
+    pub(crate) fn insert(
+        &mut self,
+        id: u64,
+        deadline: Instant,
+        timeout: Duration,
+        sender: Option<ReplySender<R>>,
+    ) {
         let waiting = Waiting {
-            sender: None,
+            sender,
             deadline,
             timeout,
         };
@@ -121,29 +130,9 @@ impl<R> PendingCalls<R> {
             Correlation::ById => {
                 self.by_id.insert(id, waiting);
             }
-            Correlation::InOrder => self.in_order.push_back(Slot::Call { id, waiting }),
+            Correlation::InOrder => self.in_order.push_back(Slot::Call { waiting }),
         }
         self.waiting += 1;
-    }
-
-    /// Attaches the caller's reply sender to call `id`. If the call was already
-    /// resolved in between (impossible today, but cheap to guard), the sender is
-    /// dropped and the caller sees a closed mailbox rather than hanging.
-    pub(crate) fn attach(&mut self, id: u64, sender: ReplySender<R>) {
-        let waiting = match self.correlation {
-            Correlation::ById => self.by_id.get_mut(&id),
-            // The call was filed a moment ago, so it is at or near the back.
-            Correlation::InOrder => self.in_order.iter_mut().rev().find_map(|slot| match slot {
-                Slot::Call {
-                    id: slot_id,
-                    waiting,
-                } if *slot_id == id => Some(waiting),
-                _ => None,
-            }),
-        };
-        if let Some(waiting) = waiting {
-            waiting.sender = Some(sender);
-        }
     }
 
     /// Files a heartbeat ping in the in-order queue.
@@ -255,19 +244,12 @@ impl<R> PendingCalls<R> {
     }
 
     /// Files a send that completes once the transport has taken `offset` bytes in all.
-    pub(crate) fn insert_flush(&mut self, offset: u64) {
-        self.flushes.push_back((offset, None));
-    }
-
-    /// Attaches the sender's reply channel to the send at `offset`.
-    pub(crate) fn attach_flush(
+    pub(crate) fn insert_flush(
         &mut self,
         offset: u64,
-        sender: OneshotSender<Result<(), CallError>>,
+        sender: Option<OneshotSender<Result<(), CallError>>>,
     ) {
-        if let Some(entry) = self.flushes.iter_mut().rev().find(|(o, _)| *o == offset) {
-            entry.1 = Some(sender);
-        }
+        self.flushes.push_back((offset, sender));
     }
 
     /// Completes the sends whose bytes the transport has taken.
