@@ -1,4 +1,58 @@
-//! switchboard: an actor-model connection manager for Actix.
+//! switchboard: an actor-model connection manager for Actix applications.
+//!
+//! It keeps long-lived framed connections to remote peers healthy and routes typed
+//! messages over them. You drive it with actor messages from your own actors.
+//!
+//! ```
+//! use futures::{SinkExt, StreamExt};
+//! use switchboard::protocol::frame::{Frame, FrameCodec, FrameKind, FrameProtocol, FrameRequest};
+//! use switchboard::{Call, Connection, ConnectionConfig};
+//! use tokio_util::codec::Framed;
+//!
+//! #[actix::main]
+//! async fn main() {
+//!     // Any AsyncRead + AsyncWrite transport works; here an in-memory pipe to a
+//!     // peer that answers every request with its own payload.
+//!     let (client, server) = tokio::io::duplex(64 * 1024);
+//!     actix::spawn(async move {
+//!         let mut peer = Framed::new(server, FrameCodec::default());
+//!         while let Some(Ok(frame)) = peer.next().await {
+//!             if frame.kind == FrameKind::Request {
+//!                 peer.send(Frame::response(frame.id, frame.payload)).await.unwrap();
+//!             }
+//!         }
+//!     });
+//!
+//!     let config = ConnectionConfig::builder().max_in_flight(1024).build().unwrap();
+//!     let conn = Connection::builder(client, FrameProtocol::default())
+//!         .config(config)
+//!         .peer("echo")
+//!         .start();
+//!     let reply = conn.send(Call::new(FrameRequest::new("hello"))).await;
+//!     assert_eq!(&reply.unwrap().unwrap()[..], b"hello");
+//! }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`Connection`] (`src/connection/`): one actor per transport. It owns the framed
+//!   stream (one reader, one writer, no locks), correlates replies with calls by id
+//!   or in order, runs its own heartbeat, bounds what it buffers, and fails every
+//!   pending call exactly once when it stops. Its messages: [`Call`], [`SendFrame`],
+//!   [`Close`], [`Abort`], [`GetStats`]; it reports [`ConnectionEvent`]s to a
+//!   supervisor and hands [`Pushed`] messages to a push recipient.
+//! - [`protocol`] (`src/protocol/`): the [`Protocol`](protocol::Protocol) trait (a
+//!   codec plus frame semantics) and the built-in
+//!   [`frame`](protocol::frame) protocol.
+//! - [`transport`] (`src/transport/`): [`Connector`](transport::Connector)s for TCP,
+//!   Unix sockets and in-memory pipes, keyed by [`Authority`].
+//! - `testkit` (feature `testkit`, `src/testkit/`): the actor test harness, a probe
+//!   actor and a scripted mock peer, for this crate's tests and yours.
+//! - Errors: [`CallError`] (why a call failed), [`CloseReason`] (why a connection
+//!   stopped), [`ConnectError`] (why a transport did not open), [`ConfigError`].
+//!
+//! The Pool (supervised capacity and checkout) and the Broker (routing, ordering,
+//! subscriptions, the server side) build on these; see `docs/architecture.md`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
@@ -18,3 +72,8 @@ pub use connection::{
 pub use error::{CallError, CloseReason, ConfigError, ConnectError, Overload};
 #[cfg(feature = "testkit")]
 pub mod testkit;
+
+/// Compiles the README's code, so the README and the API cannot drift apart.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
