@@ -57,6 +57,20 @@ impl CallError {
     }
 }
 
+impl From<actix::MailboxError> for CallError {
+    /// A message that never reached a Connection's handler because the actor had
+    /// stopped, or a mailbox timeout set with `send(..).timeout(..)` (which carries no
+    /// duration: prefer [`Call::timeout`](crate::Call::timeout), which does).
+    fn from(error: actix::MailboxError) -> Self {
+        match error {
+            actix::MailboxError::Closed => Self::Closed(CloseReason::Stopped),
+            actix::MailboxError::Timeout => Self::Timeout {
+                after: Duration::ZERO,
+            },
+        }
+    }
+}
+
 /// Which bound an overloaded connection hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

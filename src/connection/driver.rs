@@ -127,6 +127,11 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             }
         }
 
+        // Nobody holds an address any more, so no call can come: close gracefully
+        // rather than keep a socket and its heartbeat alive for no one.
+        if !ctx.connected() {
+            act.begin_close(act.config.close_timeout);
+        }
         if act.is_drained() {
             act.shutdown(CloseReason::Closed, ctx);
             return Poll::Ready(());

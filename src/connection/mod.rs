@@ -318,6 +318,17 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         *self.batch_now.get_or_insert_with(Instant::now)
     }
 
+    /// Enters `Closing`: new calls are refused, and the driver closes the connection
+    /// once nothing is in flight, or when `after` runs out.
+    fn begin_close(&mut self, after: Duration) {
+        if self.closing.is_none() {
+            let deadline = Instant::now() + after;
+            self.closing = Some((deadline, after));
+            self.timer_deadline = self.timer_deadline.min(deadline);
+            tracing::debug!(parent: &self.span, ?after, "closing");
+        }
+    }
+
     /// Notes how far the transport has taken the write buffer, completing sends.
     fn note_written(&mut self) {
         let written = self.encoded_total - self.framed.write_buffer().len() as u64;
@@ -678,13 +689,7 @@ impl<T: Transport, P: Protocol> Handler<Close> for Connection<T, P> {
             let reason = reason.clone();
             return Box::pin(async move { reason });
         }
-        if self.closing.is_none() {
-            let after = close.timeout.unwrap_or(self.config.close_timeout);
-            let deadline = Instant::now() + after;
-            self.closing = Some((deadline, after));
-            self.timer_deadline = self.timer_deadline.min(deadline);
-            tracing::debug!(parent: &self.span, ?after, "closing");
-        }
+        self.begin_close(close.timeout.unwrap_or(self.config.close_timeout));
         let (sender, receiver) = tokio::sync::oneshot::channel();
         self.close_waiters.push(sender);
         Box::pin(async move { receiver.await.unwrap_or(CloseReason::Stopped) })
