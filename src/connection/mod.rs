@@ -263,7 +263,6 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         let limit = self.config.max_write_buffer;
         let before = self.framed.write_buffer().len();
         if before >= limit {
-            self.stats.overloaded += 1;
             return Err(CallError::Overloaded(Overload::WriteBuffer {
                 buffered: before,
                 limit,
@@ -278,7 +277,6 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         // otherwise the cap is exact.
         if after > limit && before > 0 {
             self.framed.write_buffer_mut().truncate(before);
-            self.stats.overloaded += 1;
             return Err(CallError::Overloaded(Overload::WriteBuffer {
                 buffered: before,
                 limit,
@@ -296,7 +294,9 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             return Err(CallError::Overloaded(Overload::InFlight { limit }));
         }
         let id = self.next_id;
-        self.write(self.protocol.request(id, call.request))?;
+        let written = self.write(self.protocol.request(id, call.request));
+        self.count_refusal(&written);
+        written?;
         self.next_id += 1;
         let timeout = call.timeout.unwrap_or(self.config.call_timeout);
         let deadline = self.batch_now() + timeout;
@@ -316,6 +316,14 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     /// batch takes to handle.
     fn batch_now(&mut self) -> Instant {
         *self.batch_now.get_or_insert_with(Instant::now)
+    }
+
+    /// Counts a call or send refused for lack of buffer space (pings and pongs that
+    /// did not fit are not refusals of anyone's work).
+    fn count_refusal(&mut self, result: &Result<(), CallError>) {
+        if let Err(CallError::Overloaded(_)) = result {
+            self.stats.overloaded += 1;
+        }
     }
 
     /// Enters `Closing`: new calls are refused, and the driver closes the connection
@@ -458,6 +466,10 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         }
         let next_heartbeat = if self.ping.is_some() {
             self.last_read + timeout
+        } else if silent_for >= interval {
+            // The ping did not fit: the peer is not reading. Try again in an interval,
+            // and judge the silence at the timeout; never spin on a deadline passed.
+            (now + interval).min(self.last_read + timeout)
         } else {
             self.last_read + interval
         };
@@ -671,6 +683,7 @@ impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
     /// Encodes the frame; the sender hears back once the transport took it.
     fn handle(&mut self, send: SendFrame<P>, _: &mut Context<Self>) -> SendReply<P> {
         let result = self.admit().and_then(|()| self.write(send.frame));
+        self.count_refusal(&result);
         let reply = match result {
             Ok(()) => Reply::Flush(self.encoded_total, self.pending.clone()),
             Err(error) => Reply::Failed(error),
