@@ -1,39 +1,4 @@
-//! The Connection actor: one per transport, the only owner of its framed stream.
-//!
-//! # What it owns
-//! A `Framed<T, P::Codec>` over one transport. A single driver future in the actor's
-//! context reads frames from it (the reader is the framed stream) and flushes what
-//! the handlers encoded (the single writer), so bytes go out in the order messages
-//! were handled and nothing is shared or locked.
-//!
-//! # Messages
-//! - [`Call`] → `Result<Reply, CallError>`: request and reply, correlated by id or in
-//!   order as the [`Protocol`] says; per-call timeout; `Overloaded` past
-//!   `max_in_flight` or `max_write_buffer`.
-//! - [`SendFrame`] → `Result<(), CallError>`: fire-and-forget, resolved once the
-//!   transport has taken the bytes, or failed if the connection stops first.
-//! - [`Close`] (graceful) and [`Abort`] → the [`CloseReason`]; [`GetStats`].
-//!
-//! # States
-//! ```text
-//! Open ──Close──▶ Closing ──in-flight answered──▶ Stopped(Closed)
-//!   │                 └──close timeout────────▶ Stopped(CloseTimeout)
-//!   └──Abort / EOF / I/O error / bad frame / heartbeat timeout──▶ Stopped(reason)
-//! ```
-//! On the way to `Stopped`, for any reason, every pending call and send fails exactly
-//! once with [`CallError::Closed`] carrying the reason, and the supervisor gets
-//! [`ConnectionEvent::Closed`].
-//!
-//! # Heartbeat
-//! Any inbound frame proves the peer alive. After `heartbeat_interval` of silence the
-//! connection sends a ping and measures the round trip ([`ConnectionEvent::Rtt`]); after
-//! `heartbeat_timeout` of silence it closes with [`CloseReason::HeartbeatTimeout`],
-//! which is how a half-open link is found. The peer's pings are answered at once.
-//!
-//! # Who talks to it
-//! Callers send it messages (through an `Addr`, or a Pool later); it tells its
-//! supervisor about its life through a `Recipient<ConnectionEvent>` and hands
-//! unsolicited frames to a `Recipient<Pushed<P>>`.
+//! The Connection actor; its contract is documented on [`Connection`].
 
 mod config;
 mod driver;
@@ -67,10 +32,43 @@ use driver::Driver;
 use pending::{Matched, PendingCalls};
 
 /// One connection to a peer: an actor that owns a framed transport, correlates replies
-/// with calls, keeps the link alive with heartbeats and bounds what it holds.
+/// with calls, keeps the link alive with heartbeats and bounds what it holds. Start one
+/// with [`Connection::builder`].
 ///
-/// Start one with [`Connection::builder`]. See the [module docs](self) for its messages,
-/// states and guarantees.
+/// # What it owns
+/// A `Framed<T, P::Codec>` over one transport. A single driver future in the actor's
+/// context reads frames from it (the reader is the framed stream) and flushes what
+/// the handlers encoded (the single writer), so bytes go out in the order messages
+/// were handled and nothing is shared or locked.
+///
+/// # Messages
+/// - [`Call`] → `Result<Reply, CallError>`: request and reply, correlated by id or in
+///   order as the [`Protocol`] says; per-call timeout; `Overloaded` past
+///   `max_in_flight` or `max_write_buffer`.
+/// - [`SendFrame`] → `Result<(), CallError>`: fire-and-forget, resolved once the
+///   transport has taken the bytes, or failed if the connection stops first.
+/// - [`Close`] (graceful) and [`Abort`] → the [`CloseReason`]; [`GetStats`].
+///
+/// # States
+/// ```text
+/// Open ──Close──▶ Closing ──in-flight answered──▶ Stopped(Closed)
+///   │                 └──close timeout────────▶ Stopped(CloseTimeout)
+///   └──Abort / EOF / I/O error / bad frame / heartbeat timeout──▶ Stopped(reason)
+/// ```
+/// On the way to `Stopped`, for any reason, every pending call and send fails exactly
+/// once with [`CallError::Closed`] carrying the reason, and the supervisor gets
+/// [`ConnectionEvent::Closed`].
+///
+/// # Heartbeat
+/// Any inbound frame proves the peer alive. After `heartbeat_interval` of silence the
+/// connection sends a ping and measures the round trip ([`ConnectionEvent::Rtt`]); after
+/// `heartbeat_timeout` of silence it closes with [`CloseReason::HeartbeatTimeout`],
+/// which is how a half-open link is found. The peer's pings are answered at once.
+///
+/// # Who talks to it
+/// Callers send it messages (through an `Addr`, or a Pool later); it tells its
+/// supervisor about its life through a `Recipient<ConnectionEvent>` and hands
+/// unsolicited frames to a `Recipient<Pushed<P>>`.
 pub struct Connection<T: Transport, P: Protocol> {
     id: ConnectionId,
     peer: Arc<str>,
