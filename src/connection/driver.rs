@@ -40,6 +40,9 @@ pub(super) struct Driver {
     armed: Instant,
     /// Whether the last poll read more than [`BUSY_FRAMES`] frames.
     busy: bool,
+    /// Whether the transport's own flush is unfinished (TLS or buffered writers hold
+    /// bytes after taking them from the write buffer).
+    flush_pending: bool,
 }
 
 impl Driver {
@@ -48,6 +51,7 @@ impl Driver {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             armed: deadline,
             busy: false,
+            flush_pending: false,
         }
     }
 }
@@ -103,6 +107,12 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
         }
         this.busy = frames > BUSY_FRAMES;
 
+        // Nobody holds an address any more, so no call can come: close gracefully
+        // rather than keep a socket and its heartbeat alive for no one.
+        if !ctx.connected() {
+            act.begin_close(act.config.close_timeout);
+        }
+
         // The timer: fire, re-arm, and poll again so the new deadline registers a wake-up.
         loop {
             if act.timer_deadline != this.armed {
@@ -118,8 +128,9 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             }
         }
 
-        if !act.framed.write_buffer().is_empty() {
+        if this.flush_pending || !act.framed.write_buffer().is_empty() {
             let flushed = Pin::new(&mut act.framed).poll_flush(task);
+            this.flush_pending = flushed.is_pending();
             act.note_written();
             if let Poll::Ready(Err(error)) = flushed {
                 act.shutdown(P::close_reason(error), ctx);
@@ -127,12 +138,7 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             }
         }
 
-        // Nobody holds an address any more, so no call can come: close gracefully
-        // rather than keep a socket and its heartbeat alive for no one.
-        if !ctx.connected() {
-            act.begin_close(act.config.close_timeout);
-        }
-        if act.is_drained() {
+        if act.is_drained() && !this.flush_pending {
             act.shutdown(CloseReason::Closed, ctx);
             return Poll::Ready(());
         }

@@ -98,6 +98,7 @@ pub struct Connection<T: Transport, P: Protocol> {
     close_waiters: Vec<tokio::sync::oneshot::Sender<CloseReason>>,
     close_reason: Option<CloseReason>,
     last_load: (usize, usize),
+    last_load_report: Instant,
     stats: Counters,
     span: tracing::Span,
 }
@@ -204,6 +205,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             close_waiters: Vec::new(),
             close_reason: None,
             last_load: (0, 0),
+            last_load_report: now,
             stats: Counters::default(),
             span,
         }
@@ -297,7 +299,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         written?;
         self.next_id += 1;
         let timeout = call.timeout.unwrap_or(self.config.call_timeout);
-        let deadline = self.batch_now() + timeout;
+        let deadline = later(self.batch_now(), timeout);
         self.timer_deadline = self.timer_deadline.min(deadline);
         self.stats.calls += 1;
         Ok(WrittenCall {
@@ -328,7 +330,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     /// once nothing is in flight, or when `after` runs out.
     fn begin_close(&mut self, after: Duration) {
         if self.closing.is_none() {
-            let deadline = Instant::now() + after;
+            let deadline = later(Instant::now(), after);
             self.closing = Some((deadline, after));
             self.timer_deadline = self.timer_deadline.min(deadline);
             tracing::debug!(parent: &self.span, ?after, "closing");
@@ -373,6 +375,12 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                     tracing::debug!(parent: &self.span, "pong not written: write buffer full");
                 }
             }
+            Inbound::Pong { .. } if self.protocol.correlation() == Correlation::InOrder => {
+                // Under in-order correlation a pong is a reply in line; a protocol that
+                // classifies it apart would shift every later reply onto the wrong call.
+                let problem = "a pong outside the reply order of an in-order protocol";
+                self.shutdown(CloseReason::Protocol(problem.into()), ctx);
+            }
             Inbound::Pong { id } => match self.ping {
                 Some((ping_id, sent_at)) if ping_id == id => self.on_pong(sent_at),
                 _ => {
@@ -411,7 +419,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         self.rtt = Some(rtt);
         self.timer_deadline = self
             .timer_deadline
-            .min(now + self.config.heartbeat_interval);
+            .min(later(now, self.config.heartbeat_interval));
         tracing::trace!(parent: &self.span, ?rtt, "heartbeat round trip");
         self.emit(ConnectionEvent::Rtt { id: self.id, rtt });
     }
@@ -463,15 +471,15 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             self.send_ping(now);
         }
         let next_heartbeat = if self.ping.is_some() {
-            self.last_read + timeout
+            later(self.last_read, timeout)
         } else if silent_for >= interval {
             // The ping did not fit: the peer is not reading. Try again in an interval,
             // and judge the silence at the timeout; never spin on a deadline passed.
-            (now + interval).min(self.last_read + timeout)
+            later(now, interval).min(later(self.last_read, timeout))
         } else {
-            self.last_read + interval
+            later(self.last_read, interval)
         };
-        self.report_load();
+        self.report_load(now);
 
         let mut next = next_heartbeat;
         if let Some(deadline) = next_call {
@@ -483,7 +491,12 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         Some(next)
     }
 
-    fn report_load(&mut self) {
+    fn report_load(&mut self, now: Instant) {
+        // Timer firings follow call deadlines too; report at heartbeat cadence only.
+        if now < later(self.last_load_report, self.config.heartbeat_interval) {
+            return;
+        }
+        self.last_load_report = now;
         let load = (
             self.pending.borrow().waiting(),
             self.framed.write_buffer().len(),
@@ -560,6 +573,14 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     }
 }
 
+/// `now + after`, saturating far in the future instead of overflowing, so that a
+/// caller's `Duration::MAX` means "no timeout" rather than a panic in the actor.
+fn later(now: Instant, after: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+    now.checked_add(after.min(FAR))
+        .unwrap_or_else(|| now + Duration::from_secs(24 * 60 * 60))
+}
+
 impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
     type Context = Context<Self>;
 
@@ -570,7 +591,7 @@ impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
         ctx.set_mailbox_capacity(self.config.max_in_flight);
         let now = Instant::now();
         self.last_read = now;
-        self.timer_deadline = now + self.config.heartbeat_interval;
+        self.timer_deadline = later(now, self.config.heartbeat_interval);
         ctx.spawn(Driver::new(self.timer_deadline));
         tracing::debug!(parent: &self.span, "connection started");
         self.emit(ConnectionEvent::Connected {

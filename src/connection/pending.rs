@@ -156,7 +156,8 @@ impl<R> PendingCalls<R> {
                     Matched::Delivered
                 } else if self.abandoned.remove(&id) {
                     Matched::Late
-                } else if id >= next_id {
+                } else if id >= next_id || id == 0 {
+                    // Ids start at 1: 0 was never sent.
                     Matched::Unknown(id)
                 } else if id < self.stale_below {
                     Matched::Late
