@@ -611,22 +611,22 @@ impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
 ///
 /// Returning this instead of a future means a call allocates no extra channel and
 /// spawns nothing: the reply goes straight from the reader to the caller.
-pub struct CallReply<P: Protocol>(Reply<P::Reply>);
+pub struct CallReply<P: Protocol>(Result<WrittenCall<P::Reply>, CallError>);
 
 /// The reply of a [`SendFrame`] handler, like [`CallReply`].
-pub struct SendReply<P: Protocol>(Reply<P::Reply>);
-
-enum Reply<R> {
-    Failed(CallError),
-    Call(WrittenCall<R>),
-    Flush(u64, Rc<RefCell<PendingCalls<R>>>),
-}
+pub struct SendReply<P: Protocol>(Result<WrittenSend<P::Reply>, CallError>);
 
 /// A call whose request is in the write buffer, to be filed with its reply sender.
 struct WrittenCall<R> {
     id: u64,
     deadline: Instant,
     timeout: Duration,
+    pending: Rc<RefCell<PendingCalls<R>>>,
+}
+
+/// A send whose frame is in the write buffer, done once `offset` bytes are written.
+struct WrittenSend<R> {
+    offset: u64,
     pending: Rc<RefCell<PendingCalls<R>>>,
 }
 
@@ -642,6 +642,13 @@ impl<P: Protocol> fmt::Debug for SendReply<P> {
     }
 }
 
+/// Answers a refused call or send at once, if anyone is waiting.
+fn refuse<T>(tx: Option<OneshotSender<Result<T, CallError>>>, error: CallError) {
+    if let Some(tx) = tx {
+        let _ = tx.send(Err(error));
+    }
+}
+
 impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, Call<P>> for CallReply<P> {
     fn handle(
         self,
@@ -649,18 +656,12 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, Call<P>> for C
         tx: Option<OneshotSender<Result<P::Reply, CallError>>>,
     ) {
         match self.0 {
-            Reply::Failed(error) => {
-                if let Some(tx) = tx {
-                    let _ = tx.send(Err(error));
-                }
-            }
             // Filed even without a sender (`do_send`), so that its reply is expected.
-            Reply::Call(call) => {
-                call.pending
-                    .borrow_mut()
-                    .insert(call.id, call.deadline, call.timeout, tx)
-            }
-            Reply::Flush(..) => unreachable!("a call is never filed as a send"),
+            Ok(call) => call
+                .pending
+                .borrow_mut()
+                .insert(call.id, call.deadline, call.timeout, tx),
+            Err(error) => refuse(tx, error),
         }
     }
 }
@@ -672,13 +673,8 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, SendFrame<P>> 
         tx: Option<OneshotSender<Result<(), CallError>>>,
     ) {
         match self.0 {
-            Reply::Failed(error) => {
-                if let Some(tx) = tx {
-                    let _ = tx.send(Err(error));
-                }
-            }
-            Reply::Flush(offset, pending) => pending.borrow_mut().insert_flush(offset, tx),
-            Reply::Call(..) => unreachable!("a send is never filed as a call"),
+            Ok(send) => send.pending.borrow_mut().insert_flush(send.offset, tx),
+            Err(error) => refuse(tx, error),
         }
     }
 }
@@ -689,10 +685,7 @@ impl<T: Transport, P: Protocol> Handler<Call<P>> for Connection<T, P> {
     /// Encodes the request and files the call; the reply reaches the caller when the
     /// driver reads it, or an error when the call times out or the connection stops.
     fn handle(&mut self, call: Call<P>, _: &mut Context<Self>) -> CallReply<P> {
-        CallReply(match self.start_call(call) {
-            Ok(written) => Reply::Call(written),
-            Err(error) => Reply::Failed(error),
-        })
+        CallReply(self.start_call(call))
     }
 }
 
@@ -703,11 +696,10 @@ impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
     fn handle(&mut self, send: SendFrame<P>, _: &mut Context<Self>) -> SendReply<P> {
         let result = self.admit().and_then(|()| self.write(send.frame));
         self.count_refusal(&result);
-        let reply = match result {
-            Ok(()) => Reply::Flush(self.encoded_total, self.pending.clone()),
-            Err(error) => Reply::Failed(error),
-        };
-        SendReply(reply)
+        SendReply(result.map(|()| WrittenSend {
+            offset: self.encoded_total,
+            pending: self.pending.clone(),
+        }))
     }
 }
 
