@@ -12,8 +12,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_no_more_events, call, closed_reason, connect, finish, next_closed, numbered, reply_of,
-    spawn_calls, CallResult, Setup, WAIT,
+    assert_no_more_events, call, closed_exactly_once, closed_reason, connect, finish, next_closed,
+    numbered, reply_of, spawn_calls, CallResult, Setup, WAIT,
 };
 use switchboard::{Abort, CallError, Close, CloseReason, ConnectionConfig, GetStats};
 use tokio::time::Instant;
@@ -56,10 +56,9 @@ async fn abort_fails_every_one_of_a_thousand_pending_calls_once() {
     assert_eq!(aborted, CALLS, "every call failed with Closed(Aborted)");
 
     assert!(matches!(
-        next_closed(&mut events).await,
+        closed_exactly_once(&mut events).await,
         CloseReason::Aborted
     ));
-    assert_no_more_events(&mut events).await;
     peer.expect_closed(WAIT).await;
     assert_failed_after_close(&addr.send(call("too late")).await);
 }
@@ -131,10 +130,9 @@ async fn graceful_close_keeps_answered_calls_and_times_out_the_rest() {
         }
     }
     assert!(matches!(
-        next_closed(&mut events).await,
+        closed_exactly_once(&mut events).await,
         CloseReason::CloseTimeout { .. }
     ));
-    assert_no_more_events(&mut events).await;
     peer.expect_closed(WAIT).await;
 }
 
@@ -173,10 +171,9 @@ async fn graceful_close_finishes_as_soon_as_every_call_is_answered() {
         assert_eq!(reply_of(result), numbered(i));
     }
     assert!(matches!(
-        next_closed(&mut events).await,
+        closed_exactly_once(&mut events).await,
         CloseReason::Closed
     ));
-    assert_no_more_events(&mut events).await;
     peer.expect_closed(WAIT).await;
 }
 
@@ -202,10 +199,9 @@ async fn graceful_close_with_nothing_in_flight_closes_at_once() {
         start.elapsed()
     );
     assert!(matches!(
-        next_closed(&mut events).await,
+        closed_exactly_once(&mut events).await,
         CloseReason::Closed
     ));
-    assert_no_more_events(&mut events).await;
     peer.expect_closed(WAIT).await;
     assert_failed_after_close(&addr.send(call("too late")).await);
 }
@@ -230,10 +226,9 @@ async fn a_close_racing_an_abort_resolves_with_the_abort() {
         assert!(matches!(reason, CloseReason::Aborted), "{reason:?}");
     }
     assert!(matches!(
-        next_closed(&mut events).await,
+        closed_exactly_once(&mut events).await,
         CloseReason::Aborted
     ));
-    assert_no_more_events(&mut events).await;
 }
 
 #[actix::test]
@@ -251,7 +246,7 @@ async fn the_peer_closing_fails_pending_calls_with_peer_closed() {
     peer.close().await;
 
     assert!(matches!(
-        next_closed(&mut events).await,
+        closed_exactly_once(&mut events).await,
         CloseReason::PeerClosed
     ));
     let results = finish(results).await;
@@ -323,7 +318,6 @@ async fn dropping_the_last_address_closes_gracefully_after_in_flight_calls() {
         next_closed(&mut events).await,
         CloseReason::Closed
     ));
-    assert_no_more_events(&mut events).await;
     peer.expect_closed(WAIT).await;
 }
 

@@ -131,6 +131,13 @@ pub async fn next_closed(events: &mut Probe<ConnectionEvent>) -> CloseReason {
     }
 }
 
+/// The `Closed` event, asserting that nothing follows it: a connection closes once.
+pub async fn closed_exactly_once(events: &mut Probe<ConnectionEvent>) -> CloseReason {
+    let reason = next_closed(events).await;
+    assert_no_more_events(events).await;
+    reason
+}
+
 /// Asserts that the connection sends no further event (a second `Closed` above all).
 pub async fn assert_no_more_events(events: &mut Probe<ConnectionEvent>) {
     events.expect_none(Duration::from_secs(1)).await;
