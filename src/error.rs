@@ -233,3 +233,71 @@ impl ConfigError {
         self.field
     }
 }
+
+/// Why a checkout from a [`Pool`](crate::Pool) failed.
+///
+/// Connect failures come with the connector's own error, never as a bare timeout.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// No connection became free within the checkout timeout. `last_connect_error`
+    /// says why none could be opened, if connecting was failing meanwhile.
+    #[error("no connection to {authority} within {waited:?}{}", last_error_suffix(.last_connect_error))]
+    Timeout {
+        /// The authority asked for.
+        authority: Authority,
+        /// How long the checkout waited.
+        waited: Duration,
+        /// The last connect error for the authority while the checkout waited.
+        last_connect_error: Option<ConnectError>,
+    },
+    /// `max_waiters` checkouts are already queued for the authority.
+    #[error("{limit} checkouts already wait for {authority}")]
+    TooManyWaiters {
+        /// The authority asked for.
+        authority: Authority,
+        /// The configured `max_waiters`.
+        limit: usize,
+    },
+    /// The connection opened for this checkout failed to connect.
+    #[error(transparent)]
+    Connect(ConnectError),
+    /// The authority is marked down after `failures` consecutive connect failures;
+    /// checkouts fail at once until a probe connects again.
+    #[error("{authority} is down after {failures} failed connects: {error}")]
+    Down {
+        /// The authority asked for.
+        authority: Authority,
+        /// Consecutive connect failures so far.
+        failures: u32,
+        /// The last connect error.
+        error: ConnectError,
+    },
+    /// The pool is draining: it takes no new checkouts.
+    #[error("the pool is draining")]
+    Draining,
+    /// The pool is closed.
+    #[error("the pool is closed")]
+    Closed,
+}
+
+fn last_error_suffix(error: &Option<ConnectError>) -> String {
+    match error {
+        Some(error) => format!(" (last connect error: {error})"),
+        None => String::new(),
+    }
+}
+
+impl PoolError {
+    /// A short, stable name for the kind of error, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timeout",
+            Self::TooManyWaiters { .. } => "too_many_waiters",
+            Self::Connect(_) => "connect",
+            Self::Down { .. } => "down",
+            Self::Draining => "draining",
+            Self::Closed => "closed",
+        }
+    }
+}

@@ -60,16 +60,20 @@
 mod authority;
 mod connection;
 mod error;
+pub mod pool;
 pub mod protocol;
 pub mod transport;
 
 pub use authority::Authority;
 pub use connection::{
     Abort, Call, CallReply, Close, Connection, ConnectionBuilder, ConnectionConfig,
-    ConnectionConfigBuilder, ConnectionEvent, ConnectionId, ConnectionStats, GetStats, Pushed,
-    SendFrame, SendReply,
+    ConnectionConfigBuilder, ConnectionEvent, ConnectionId, ConnectionStats, GetStats, Ping,
+    Pushed, SendFrame, SendReply,
 };
-pub use error::{CallError, CloseReason, ConfigError, ConnectError, Overload};
+pub use error::{CallError, CloseReason, ConfigError, ConnectError, Overload, PoolError};
+pub use pool::{
+    Lease, Pool, PoolBuilder, PoolConfig, PoolConfigBuilder, PoolHandle, SharedConnection,
+};
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -118,6 +118,18 @@ pub struct Close {
 #[rtype(result = "CloseReason")]
 pub struct Abort;
 
+/// Checks the peer is alive: sends a heartbeat ping (or joins the one outstanding)
+/// and resolves with the round trip once the pong arrives.
+///
+/// Fails with [`CallError::Closing`] or [`CallError::Closed`] if the connection is
+/// closing or stops first, with [`CallError::Overloaded`] if the ping does not fit the
+/// write buffer, and with [`CallError::Timeout`] if the peer left the ping unanswered
+/// for `heartbeat_timeout` while other frames kept coming. Bound the wait with a
+/// timeout of your own, as the Pool's health checks do.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<Duration, CallError>")]
+pub struct Ping;
+
 /// Asks for a snapshot of the connection's state and counters.
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "ConnectionStats")]

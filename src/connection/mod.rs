@@ -22,8 +22,10 @@ use tokio_util::codec::Framed;
 
 pub use config::{ConnectionConfig, ConnectionConfigBuilder};
 pub use messages::{
-    Abort, Call, Close, ConnectionEvent, ConnectionId, ConnectionStats, GetStats, Pushed, SendFrame,
+    Abort, Call, Close, ConnectionEvent, ConnectionId, ConnectionStats, GetStats, Ping, Pushed,
+    SendFrame,
 };
+pub(crate) use pending::InFlightGauge;
 
 use crate::protocol::{Correlation, Inbound, Protocol};
 use crate::transport::Transport;
@@ -87,6 +89,8 @@ pub struct Connection<T: Transport, P: Protocol> {
     last_read: Instant,
     /// The outstanding heartbeat ping: its id and when it was sent.
     ping: Option<(u64, Instant)>,
+    /// Who asked for the outstanding ping's round trip ([`Ping`]).
+    ping_waiters: Vec<tokio::sync::oneshot::Sender<Result<Duration, CallError>>>,
     next_ping_id: u64,
     rtt: Option<Duration>,
     /// When the driver's timer should fire next.
@@ -135,6 +139,8 @@ pub struct ConnectionBuilder<T: Transport, P: Protocol> {
     peer: Option<Arc<str>>,
     events: Option<Recipient<ConnectionEvent>>,
     pushes: Option<Recipient<Pushed<P>>>,
+    gauge: InFlightGauge,
+    id: Option<ConnectionId>,
 }
 
 impl<T: Transport, P: Protocol> fmt::Debug for ConnectionBuilder<T, P> {
@@ -174,9 +180,21 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
         self
     }
 
+    /// The gauge the connection publishes its in-flight count to (for the Pool).
+    pub(crate) fn gauge(mut self, gauge: InFlightGauge) -> Self {
+        self.gauge = gauge;
+        self
+    }
+
+    /// The id the connection takes (for a Pool that tracks it before it starts).
+    pub(crate) fn id(mut self, id: ConnectionId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
     /// The actor, not yet started (to start it in another context or arbiter).
     pub fn build(self) -> Connection<T, P> {
-        let id = ConnectionId::next();
+        let id = self.id.unwrap_or_else(ConnectionId::next);
         let peer = self.peer.unwrap_or_else(|| Arc::from("unknown"));
         let span = tracing::debug_span!("connection", id = %id, peer = %peer);
         let correlation = self.protocol.correlation();
@@ -189,6 +207,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             pending: Rc::new(RefCell::new(PendingCalls::new(
                 correlation,
                 self.config.max_in_flight,
+                self.gauge,
             ))),
             config: self.config,
             events: self.events,
@@ -197,6 +216,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             encoded_total: 0,
             last_read: now,
             ping: None,
+            ping_waiters: Vec::new(),
             next_ping_id: 1,
             rtt: None,
             timer_deadline: now,
@@ -227,6 +247,8 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             peer: None,
             events: None,
             pushes: None,
+            gauge: InFlightGauge::default(),
+            id: None,
         }
     }
 
@@ -421,21 +443,22 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             .timer_deadline
             .min(later(now, self.config.heartbeat_interval));
         tracing::trace!(parent: &self.span, ?rtt, "heartbeat round trip");
+        for waiter in self.ping_waiters.drain(..) {
+            let _ = waiter.send(Ok(rtt));
+        }
         self.emit(ConnectionEvent::Rtt { id: self.id, rtt });
     }
 
-    fn send_ping(&mut self, now: Instant) {
+    fn send_ping(&mut self, now: Instant) -> Result<(), CallError> {
         let id = self.next_ping_id;
-        if self.write(self.protocol.ping(id)).is_err() {
-            // The buffer is full: the peer is not reading. Silence will tell.
-            return;
-        }
+        self.write(self.protocol.ping(id))?;
         self.next_ping_id += 1;
         if self.protocol.correlation() == Correlation::InOrder {
             self.pending.borrow_mut().insert_heartbeat(now);
         }
         self.ping = Some((id, now));
         self.stats.pings_sent += 1;
+        Ok(())
     }
 
     /// Runs when the timer fires: call timeouts, heartbeat, close timeout. Returns when
@@ -465,10 +488,14 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         if let Some((_, sent_at)) = self.ping {
             if self.protocol.correlation() == Correlation::ById && now - sent_at >= timeout {
                 self.ping = None;
+                for waiter in self.ping_waiters.drain(..) {
+                    let _ = waiter.send(Err(CallError::Timeout { after: timeout }));
+                }
             }
         }
         if self.ping.is_none() && silent_for >= interval {
-            self.send_ping(now);
+            // A ping that does not fit means the peer is not reading; silence will tell.
+            let _ = self.send_ping(now);
         }
         let next_heartbeat = if self.ping.is_some() {
             later(self.last_read, timeout)
@@ -545,6 +572,9 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         for waiter in self.close_waiters.drain(..) {
             let _ = waiter.send(reason.clone());
         }
+        for waiter in self.ping_waiters.drain(..) {
+            let _ = waiter.send(Err(CallError::Closed(reason.clone())));
+        }
         self.emit(ConnectionEvent::Closed {
             id: self.id,
             reason,
@@ -575,7 +605,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
 
 /// `now + after`, saturating far in the future instead of overflowing, so that a
 /// caller's `Duration::MAX` means "no timeout" rather than a panic in the actor.
-fn later(now: Instant, after: Duration) -> Instant {
+pub(crate) fn later(now: Instant, after: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
     now.checked_add(after.min(FAR))
         .unwrap_or_else(|| now + Duration::from_secs(24 * 60 * 60))
@@ -727,6 +757,38 @@ impl<T: Transport, P: Protocol> Handler<Abort> for Connection<T, P> {
     fn handle(&mut self, _: Abort, ctx: &mut Context<Self>) -> MessageResult<Abort> {
         self.shutdown(CloseReason::Aborted, ctx);
         MessageResult(self.close_reason.clone().unwrap_or(CloseReason::Aborted))
+    }
+}
+
+impl<T: Transport, P: Protocol> Handler<Ping> for Connection<T, P> {
+    type Result = ResponseFuture<Result<Duration, CallError>>;
+
+    /// Sends a ping unless one is already outstanding, and resolves with the round
+    /// trip of the next pong.
+    fn handle(&mut self, _: Ping, _: &mut Context<Self>) -> Self::Result {
+        let asked = self.admit().and_then(|()| {
+            // Pingers share one outstanding ping, so this bound is only reached by
+            // callers that keep asking while the peer stays silent.
+            let limit = self.config.max_in_flight;
+            if self.ping_waiters.len() >= limit {
+                return Err(CallError::Overloaded(Overload::InFlight { limit }));
+            }
+            if self.ping.is_none() {
+                let now = self.batch_now();
+                self.send_ping(now)?;
+            }
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            self.ping_waiters.push(sender);
+            Ok(receiver)
+        });
+        Box::pin(async move {
+            match asked {
+                Ok(receiver) => receiver
+                    .await
+                    .unwrap_or(Err(CallError::Closed(CloseReason::Stopped))),
+                Err(error) => Err(error),
+            }
+        })
     }
 }
 

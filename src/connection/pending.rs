@@ -14,6 +14,8 @@
 //! anything else runs on the actor.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::dev::OneshotSender;
@@ -75,13 +77,21 @@ pub(crate) struct PendingCalls<R> {
     in_order: VecDeque<Slot<R>>,
     /// Calls waiting for a reply (abandoned ones and heartbeats excluded).
     waiting: usize,
+    /// `waiting`, published for readers on other threads (a pool picking the least
+    /// loaded connection, or checking a returned one is quiet).
+    gauge: InFlightGauge,
     /// Sends waiting until the transport has taken the bytes up to an offset.
     flushes: VecDeque<(u64, Option<SendSender>)>,
 }
 
 impl<R> PendingCalls<R> {
-    pub(crate) fn new(correlation: Correlation, abandoned_cap: usize) -> Self {
+    pub(crate) fn new(
+        correlation: Correlation,
+        abandoned_cap: usize,
+        gauge: InFlightGauge,
+    ) -> Self {
         Self {
+            gauge,
             correlation,
             by_id: FxHashMap::default(),
             abandoned: FxHashSet::default(),
@@ -132,7 +142,12 @@ impl<R> PendingCalls<R> {
             }
             Correlation::InOrder => self.in_order.push_back(Slot::Call { waiting }),
         }
-        self.waiting += 1;
+        self.set_waiting(self.waiting + 1);
+    }
+
+    fn set_waiting(&mut self, waiting: usize) {
+        self.waiting = waiting;
+        self.gauge.set(waiting);
     }
 
     /// Files a heartbeat ping in the in-order queue.
@@ -151,7 +166,7 @@ impl<R> PendingCalls<R> {
         match self.correlation {
             Correlation::ById => {
                 if let Some(waiting) = self.by_id.remove(&id) {
-                    self.waiting -= 1;
+                    self.set_waiting(self.waiting - 1);
                     waiting.finish(result);
                     Matched::Delivered
                 } else if self.abandoned.remove(&id) {
@@ -167,7 +182,7 @@ impl<R> PendingCalls<R> {
             }
             Correlation::InOrder => match self.in_order.pop_front() {
                 Some(Slot::Call { waiting, .. }) => {
-                    self.waiting -= 1;
+                    self.set_waiting(self.waiting - 1);
                     waiting.finish(result);
                     Matched::Delivered
                 }
@@ -221,7 +236,7 @@ impl<R> PendingCalls<R> {
                 }
             }
         }
-        self.waiting -= expired as usize;
+        self.set_waiting(self.waiting - expired as usize);
         (expired, next)
     }
 
@@ -286,7 +301,24 @@ impl<R> PendingCalls<R> {
         }
         self.abandoned.clear();
         self.abandoned_order.clear();
-        self.waiting = 0;
+        self.set_waiting(0);
         failed
+    }
+}
+
+/// A connection's count of calls awaiting replies, readable from any thread.
+///
+/// Only the connection writes it (a plain store per change, no read-modify-write), so
+/// keeping it costs the hot path next to nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct InFlightGauge(Arc<AtomicUsize>);
+
+impl InFlightGauge {
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, value: usize) {
+        self.0.store(value, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,303 @@
+//! [`PoolConfig`]: capacity, waiting, health and restart settings of a Pool.
+
+use std::time::Duration;
+
+use crate::ConfigError;
+
+/// How a [`Pool`](super::Pool) sizes, checks and replaces its connections.
+///
+/// Capacity settings (`min_idle`, `max_size`) apply to each authority;
+/// `max_connections` caps all authorities together. Build it with
+/// [`PoolConfig::builder`]; `build()` checks that the values make sense together.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Connections kept open per authority even when nobody uses them.
+    pub min_idle: usize,
+    /// Connections per authority, at most.
+    pub max_size: usize,
+    /// Connections across all authorities, at most.
+    pub max_connections: usize,
+    /// Checkouts queued per authority, at most; past it checkouts fail at once.
+    pub max_waiters: usize,
+    /// How long a checkout waits for a connection.
+    pub checkout_timeout: Duration,
+    /// How long one connect attempt may take (around the connector's own timeout).
+    pub connect_timeout: Duration,
+    /// A connection idle for longer than this is pinged before a checkout gets it.
+    pub test_on_checkout_after: Option<Duration>,
+    /// Idle connections are pinged this often.
+    pub health_check_interval: Option<Duration>,
+    /// How long a health-check ping may take before the connection is discarded.
+    pub health_check_timeout: Duration,
+    /// Idle connections above `min_idle` close after this long unused.
+    pub idle_timeout: Option<Duration>,
+    /// Connections are replaced after this long, less a random tenth at most.
+    pub max_lifetime: Option<Duration>,
+    /// The first delay before reconnecting after a failure.
+    pub backoff_base: Duration,
+    /// The longest delay between reconnect attempts.
+    pub backoff_max: Duration,
+    /// Consecutive connect failures after which an authority is marked down.
+    pub failure_threshold: u32,
+    /// Calls in flight per connection past which shared use opens another connection.
+    pub grow_threshold: usize,
+    /// How long a returned lease with calls still in flight may take to go quiet
+    /// before its connection is closed instead of reused.
+    pub return_drain_timeout: Duration,
+    /// Whether connections are reused; if not, every checkout gets a fresh one.
+    pub reuse: bool,
+    /// How often the pool reaps idle and expired connections and tops up `min_idle`.
+    pub maintenance_interval: Duration,
+    /// How long `Drain` and `Close` wait for connections to close when they name no
+    /// timeout.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_idle: 0,
+            max_size: 10,
+            max_connections: 1024,
+            max_waiters: 4096,
+            checkout_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            test_on_checkout_after: Some(Duration::from_secs(10)),
+            health_check_interval: Some(Duration::from_secs(30)),
+            health_check_timeout: Duration::from_secs(2),
+            idle_timeout: Some(Duration::from_secs(10 * 60)),
+            max_lifetime: Some(Duration::from_secs(30 * 60)),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            failure_threshold: 5,
+            grow_threshold: 64,
+            return_drain_timeout: Duration::from_secs(1),
+            reuse: true,
+            maintenance_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// A builder starting from the defaults.
+    pub fn builder() -> PoolConfigBuilder {
+        PoolConfigBuilder {
+            config: Self::default(),
+        }
+    }
+
+    /// Checks limits given at run time (`Resize`) the way `build()` checks them.
+    pub(crate) fn check_sizes(min_idle: usize, max_size: usize) -> Result<(), ConfigError> {
+        if max_size == 0 {
+            return Err(ConfigError::new("max_size", "must be at least 1"));
+        }
+        if min_idle > max_size {
+            return Err(ConfigError::new(
+                "min_idle",
+                format!("{min_idle} is more than max_size {max_size}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`PoolConfig`]; see [`PoolConfig::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PoolConfigBuilder {
+    config: PoolConfig,
+}
+
+impl PoolConfigBuilder {
+    /// Connections kept open per authority even when nobody uses them; an eager pool
+    /// opens them before it is handed out. Defaults to 0.
+    pub fn min_idle(mut self, min_idle: usize) -> Self {
+        self.config.min_idle = min_idle;
+        self
+    }
+
+    /// Connections per authority, at most. Defaults to 10.
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.config.max_size = max_size;
+        self
+    }
+
+    /// Connections across all authorities, at most. When it is reached, authorities
+    /// wanting more wait for one to close. Defaults to 1024.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.config.max_connections = max;
+        self
+    }
+
+    /// Checkouts queued per authority, at most; past it a checkout fails at once with
+    /// [`PoolError::TooManyWaiters`](crate::PoolError::TooManyWaiters). 0 means a
+    /// checkout never waits. Defaults to 4096.
+    pub fn max_waiters(mut self, max: usize) -> Self {
+        self.config.max_waiters = max;
+        self
+    }
+
+    /// How long a checkout waits for a connection before it fails with
+    /// [`PoolError::Timeout`](crate::PoolError::Timeout). Defaults to 30 seconds.
+    pub fn checkout_timeout(mut self, timeout: Duration) -> Self {
+        self.config.checkout_timeout = timeout;
+        self
+    }
+
+    /// How long one connect attempt may take, on top of the connector's own timeout.
+    /// Defaults to 10 seconds.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// A connection idle for longer than this is pinged before a checkout gets it, and
+    /// discarded if the ping fails; `None` never tests on checkout. Defaults to 10
+    /// seconds.
+    pub fn test_on_checkout_after(mut self, idle: Option<Duration>) -> Self {
+        self.config.test_on_checkout_after = idle;
+        self
+    }
+
+    /// Idle connections are pinged this often (on top of each connection's own
+    /// heartbeat) and discarded if the ping fails; `None` turns this off. Defaults to
+    /// 30 seconds.
+    pub fn health_check_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.health_check_interval = interval;
+        self
+    }
+
+    /// How long a health-check ping may take. Defaults to 2 seconds.
+    pub fn health_check_timeout(mut self, timeout: Duration) -> Self {
+        self.config.health_check_timeout = timeout;
+        self
+    }
+
+    /// Idle connections above `min_idle` close after this long unused; `None` keeps
+    /// them. Defaults to 10 minutes.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// Connections are replaced after this long, each less a random amount up to a
+    /// tenth of it so that a pool does not expire all at once; `None` keeps them for
+    /// ever. Defaults to 30 minutes.
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.config.max_lifetime = lifetime;
+        self
+    }
+
+    /// The first delay before reconnecting after a connection failed; each further
+    /// consecutive connect failure doubles it, and each delay is jittered. Defaults to
+    /// 100 milliseconds.
+    pub fn backoff_base(mut self, delay: Duration) -> Self {
+        self.config.backoff_base = delay;
+        self
+    }
+
+    /// The longest delay between reconnect attempts, and so the longest an authority
+    /// stays marked down once it is back. Defaults to 5 seconds.
+    pub fn backoff_max(mut self, delay: Duration) -> Self {
+        self.config.backoff_max = delay;
+        self
+    }
+
+    /// Consecutive connect failures after which an authority is marked down: its
+    /// checkouts fail at once with the last connect error until a probe connects
+    /// again. Defaults to 5.
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.config.failure_threshold = failures;
+        self
+    }
+
+    /// Calls in flight on the least loaded connection past which shared use opens
+    /// another connection (up to `max_size`). Defaults to 64.
+    pub fn grow_threshold(mut self, in_flight: usize) -> Self {
+        self.config.grow_threshold = in_flight;
+        self
+    }
+
+    /// How long a lease returned with calls still in flight (its borrower dropped a
+    /// reply unread) may take to go quiet before its connection is closed instead of
+    /// reused. Defaults to 1 second.
+    pub fn return_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.return_drain_timeout = timeout;
+        self
+    }
+
+    /// Whether connections are reused. With `false` each checkout gets a connection
+    /// nobody used before, and a returned lease's connection is closed: for peers that
+    /// mishandle long-lived connections. Defaults to `true`.
+    pub fn reuse(mut self, reuse: bool) -> Self {
+        self.config.reuse = reuse;
+        self
+    }
+
+    /// How often the pool reaps idle and expired connections, runs health checks and
+    /// tops authorities up to `min_idle`. Defaults to 1 second.
+    pub fn maintenance_interval(mut self, interval: Duration) -> Self {
+        self.config.maintenance_interval = interval;
+        self
+    }
+
+    /// How long `Drain` and `Close` wait for connections to close when the message
+    /// names no timeout; past it the rest are aborted. Defaults to 10 seconds.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and returns the config.
+    pub fn build(self) -> Result<PoolConfig, ConfigError> {
+        let c = self.config;
+        PoolConfig::check_sizes(c.min_idle, c.max_size)?;
+        if c.max_connections == 0 {
+            return Err(ConfigError::new("max_connections", "must be at least 1"));
+        }
+        let positive = [
+            ("checkout_timeout", c.checkout_timeout),
+            ("connect_timeout", c.connect_timeout),
+            ("health_check_timeout", c.health_check_timeout),
+            ("backoff_base", c.backoff_base),
+            ("maintenance_interval", c.maintenance_interval),
+        ];
+        for (field, value) in positive {
+            if value.is_zero() {
+                return Err(ConfigError::new(field, "must be greater than zero"));
+            }
+        }
+        let optional = [
+            ("test_on_checkout_after", c.test_on_checkout_after),
+            ("health_check_interval", c.health_check_interval),
+            ("idle_timeout", c.idle_timeout),
+            ("max_lifetime", c.max_lifetime),
+        ];
+        for (field, value) in optional {
+            if value.is_some_and(|value| value.is_zero()) {
+                return Err(ConfigError::new(
+                    field,
+                    "must be greater than zero (None turns it off)",
+                ));
+            }
+        }
+        if c.backoff_max < c.backoff_base {
+            return Err(ConfigError::new(
+                "backoff_max",
+                format!(
+                    "{:?} is shorter than backoff_base {:?}",
+                    c.backoff_max, c.backoff_base
+                ),
+            ));
+        }
+        if c.failure_threshold == 0 {
+            return Err(ConfigError::new("failure_threshold", "must be at least 1"));
+        }
+        if c.grow_threshold == 0 {
+            return Err(ConfigError::new("grow_threshold", "must be at least 1"));
+        }
+        Ok(c)
+    }
+}

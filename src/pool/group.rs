@@ -1,0 +1,721 @@
+//! One authority's share of a Pool: its idle connections, its queue of waiters and
+//! its counts, behind one mutex.
+//!
+//! Checkouts and returns take this lock directly, from whatever thread the borrower
+//! runs on: a checkout that finds an idle connection is one lock, a pop and an
+//! unlock, with no actor round trip. Everything that changes how many connections
+//! exist (opening, closing, reaping, health) stays with the Pool actor, which the
+//! fast path only *signals* (`Demand`, `Returned`) and never waits for.
+//!
+//! Every member is in exactly one place, recorded in its `state` (changed only with
+//! the lock held), and the counts add up: `members == idle + leased + busy`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use actix::Addr;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::lease::{Lease, SharedConnection};
+use super::messages::{Demand, Returned, ReturnedBecause};
+use super::{Pool, PoolConfig};
+use crate::connection::InFlightGauge;
+use crate::protocol::Protocol;
+use crate::transport::Connector;
+use crate::{Authority, ConnectError, Connection, ConnectionId, Ping, PoolError};
+
+/// Where a member is. Changed only with its group's lock held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Place {
+    /// In the idle stack.
+    Idle = 0,
+    /// Out on a lease.
+    Leased = 1,
+    /// Held by the Pool actor: being checked, drained or closed.
+    Busy = 2,
+    /// Closed and counted out of the group.
+    Gone = 3,
+    /// Taken out of the pool by `Lease::detach`.
+    Detached = 4,
+}
+
+/// One pooled connection.
+pub(crate) struct Member<C: Connector, P: Protocol> {
+    pub(crate) id: ConnectionId,
+    pub(crate) addr: Addr<Connection<C::Io, P>>,
+    pub(crate) gauge: InFlightGauge,
+    pub(crate) created: Instant,
+    pub(crate) expires: Option<Instant>,
+    place: AtomicU8,
+    /// Whether a lease ever had it; set with the lock held.
+    used: AtomicBool,
+    /// Whether the actor is closing it; set with the lock held.
+    retiring: AtomicBool,
+}
+
+impl<C: Connector, P: Protocol> Member<C, P> {
+    pub(crate) fn new(
+        id: ConnectionId,
+        addr: Addr<Connection<C::Io, P>>,
+        gauge: InFlightGauge,
+        created: Instant,
+        expires: Option<Instant>,
+    ) -> Self {
+        Self {
+            id,
+            addr,
+            gauge,
+            created,
+            expires,
+            place: AtomicU8::new(Place::Busy as u8),
+            used: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn place(&self) -> Place {
+        match self.place.load(Ordering::Relaxed) {
+            0 => Place::Idle,
+            1 => Place::Leased,
+            2 => Place::Busy,
+            3 => Place::Gone,
+            _ => Place::Detached,
+        }
+    }
+
+    // Relaxed is enough: the place is only read and written with the group's lock
+    // held, and the lock orders those accesses.
+    fn set_place(&self, place: Place) {
+        self.place.store(place as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|expires| expires <= now)
+    }
+}
+
+/// An idle member and since when it has been idle.
+pub(crate) struct Idle<C: Connector, P: Protocol> {
+    pub(crate) member: Arc<Member<C, P>>,
+    pub(crate) since: Instant,
+    /// When it last passed a health check (or became idle).
+    pub(crate) checked: Instant,
+}
+
+/// A checkout waiting for a connection.
+enum Waiter<C: Connector, P: Protocol> {
+    Exclusive {
+        id: u64,
+        since: Instant,
+        tx: oneshot::Sender<Result<Lease<C, P>, PoolError>>,
+    },
+    Shared {
+        id: u64,
+        tx: oneshot::Sender<Result<SharedConnection<C, P>, PoolError>>,
+    },
+}
+
+impl<C: Connector, P: Protocol> Waiter<C, P> {
+    fn id(&self) -> u64 {
+        match self {
+            Self::Exclusive { id, .. } | Self::Shared { id, .. } => *id,
+        }
+    }
+
+    fn fail(self, error: PoolError) {
+        // A waiter that gave up is gone; nobody to tell.
+        match self {
+            Self::Exclusive { tx, .. } => drop(tx.send(Err(error))),
+            Self::Shared { tx, .. } => drop(tx.send(Err(error))),
+        }
+    }
+}
+
+/// Whether a group takes checkouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Open,
+    Draining,
+    Closed,
+}
+
+/// Checkout counters of one authority, kept under its lock.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CheckoutCounters {
+    pub(crate) direct: u64,
+    pub(crate) waited: u64,
+    pub(crate) timed_out: u64,
+    pub(crate) refused: u64,
+    pub(crate) failed: u64,
+    pub(crate) wait_time: Duration,
+    pub(crate) shared: u64,
+    pub(crate) tests_failed: u64,
+}
+
+/// The state behind a group's lock.
+pub(crate) struct GroupState<C: Connector, P: Protocol> {
+    /// Idle members; the top is the most recently returned, so surplus connections
+    /// at the bottom go unused and reach their idle timeout.
+    pub(crate) idle: Vec<Idle<C, P>>,
+    waiters: VecDeque<Waiter<C, P>>,
+    shared_waiters: usize,
+    next_waiter: u64,
+    /// Live pooled connections: idle + leased + busy.
+    pub(crate) members: usize,
+    pub(crate) leased: usize,
+    pub(crate) busy: usize,
+    /// Connect attempts scheduled or under way.
+    pub(crate) connecting: usize,
+    /// Extra connects wanted to replace expired members without going below `min_idle`.
+    pub(crate) replacing: usize,
+    /// Members the actor is closing (counted in `busy` until their `Closed` event);
+    /// they do not count towards `min_idle`.
+    pub(crate) retiring: usize,
+    pub(crate) min_idle: usize,
+    pub(crate) max_size: usize,
+    pub(crate) phase: Phase,
+    /// Consecutive connect failures.
+    pub(crate) failures: u32,
+    pub(crate) down: bool,
+    pub(crate) last_connect_error: Option<ConnectError>,
+    /// A `Demand` is on its way to the actor; set so bursts send one.
+    pub(crate) demand_signalled: bool,
+    /// Shared use found every connection past the grow threshold.
+    pub(crate) grow_wanted: bool,
+    pub(crate) counters: CheckoutCounters,
+}
+
+impl<C: Connector, P: Protocol> GroupState<C, P> {
+    pub(crate) fn waiters(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Connections the waiters need: one each for exclusive waiters, one for all
+    /// shared ones.
+    pub(crate) fn waiting_demand(&self) -> usize {
+        self.waiters.len() - self.shared_waiters + usize::from(self.shared_waiters > 0)
+    }
+
+    /// How many more connections this group wants, before capacity limits.
+    pub(crate) fn wanted(&self) -> usize {
+        if self.phase != Phase::Open || self.down {
+            return 0;
+        }
+        let have = self.members - self.retiring + self.connecting;
+        let for_min = (self.min_idle + self.replacing).saturating_sub(have);
+        let for_waiters = self.waiting_demand().saturating_sub(self.connecting);
+        let for_growth = usize::from(self.grow_wanted);
+        for_min.max(for_waiters).max(for_growth)
+    }
+
+    /// Room under `max_size` (replacements may go one over `min_idle`, never over
+    /// `max_size`).
+    pub(crate) fn room(&self) -> usize {
+        self.max_size.saturating_sub(self.members + self.connecting)
+    }
+
+    fn refuse(&self, authority: &Authority) -> Result<(), PoolError> {
+        match self.phase {
+            Phase::Open => {}
+            Phase::Draining => return Err(PoolError::Draining),
+            Phase::Closed => return Err(PoolError::Closed),
+        }
+        if self.down {
+            if let Some(error) = &self.last_connect_error {
+                return Err(PoolError::Down {
+                    authority: authority.clone(),
+                    failures: self.failures,
+                    error: error.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn push_waiter(&mut self, make: impl FnOnce(u64) -> Waiter<C, P>) -> u64 {
+        self.next_waiter += 1;
+        let id = self.next_waiter;
+        let waiter = make(id);
+        if matches!(waiter, Waiter::Shared { .. }) {
+            self.shared_waiters += 1;
+        }
+        self.waiters.push_back(waiter);
+        id
+    }
+
+    fn pop_waiter(&mut self) -> Option<Waiter<C, P>> {
+        let waiter = self.waiters.pop_front()?;
+        if matches!(waiter, Waiter::Shared { .. }) {
+            self.shared_waiters -= 1;
+        }
+        Some(waiter)
+    }
+
+    /// Takes a waiter out of the queue; `None` if it was served (or failed) already.
+    fn remove_waiter(&mut self, id: u64) -> Option<Waiter<C, P>> {
+        let at = self.waiters.iter().position(|waiter| waiter.id() == id)?;
+        let waiter = self.waiters.remove(at)?;
+        if matches!(waiter, Waiter::Shared { .. }) {
+            self.shared_waiters -= 1;
+        }
+        Some(waiter)
+    }
+
+    /// Fails every waiter with `error`. The waiters are returned so the caller drops
+    /// them after unlocking.
+    pub(crate) fn fail_waiters(&mut self, error: &PoolError) {
+        while let Some(waiter) = self.pop_waiter() {
+            self.counters.failed += 1;
+            waiter.fail(error.clone());
+        }
+    }
+
+    /// Fails the longest waiter with `error` (the connect made for it failed).
+    pub(crate) fn fail_front_waiter(&mut self, error: PoolError) {
+        if let Some(waiter) = self.pop_waiter() {
+            self.counters.failed += 1;
+            waiter.fail(error);
+        }
+    }
+
+    /// Takes an idle member out for the actor (a check or retirement).
+    pub(crate) fn take_idle(&mut self, at: usize) -> Idle<C, P> {
+        let idle = self.idle.remove(at);
+        idle.member.set_place(Place::Busy);
+        self.busy += 1;
+        idle
+    }
+
+    /// Counts a member in `busy` that nobody may have (an offer found no taker).
+    pub(crate) fn make_busy(&mut self, member: &Member<C, P>) {
+        member.set_place(Place::Busy);
+        self.busy += 1;
+    }
+
+    /// Notes that the actor is closing a member, once.
+    pub(crate) fn mark_retiring(&mut self, member: &Member<C, P>) {
+        if !member.retiring.swap(true, Ordering::Relaxed) {
+            self.retiring += 1;
+        }
+    }
+
+    /// Counts a member out of the group for good, wherever it was.
+    pub(crate) fn forget(&mut self, member: &Member<C, P>) {
+        match member.place() {
+            Place::Idle => {
+                if let Some(at) = self
+                    .idle
+                    .iter()
+                    .position(|idle| idle.member.id == member.id)
+                {
+                    self.idle.remove(at);
+                }
+            }
+            Place::Leased => self.leased -= 1,
+            Place::Busy => self.busy -= 1,
+            Place::Gone | Place::Detached => return,
+        }
+        if member.retiring.load(Ordering::Relaxed) {
+            self.retiring -= 1;
+        }
+        self.members -= 1;
+        member.set_place(Place::Gone);
+    }
+}
+
+/// What a checkout got on its first look.
+enum Attempt<C: Connector, P: Protocol> {
+    Taken(Lease<C, P>, Instant),
+    Queued(
+        u64,
+        oneshot::Receiver<Result<Lease<C, P>, PoolError>>,
+        Instant,
+    ),
+}
+
+/// One authority's connections; shared by the Pool actor, its handles and leases.
+pub(crate) struct Group<C: Connector, P: Protocol> {
+    pub(crate) authority: Authority,
+    pub(crate) config: Arc<PoolConfig>,
+    pub(crate) pool: Addr<Pool<C, P>>,
+    state: Mutex<GroupState<C, P>>,
+}
+
+impl<C: Connector, P: Protocol> Group<C, P> {
+    pub(crate) fn new(
+        authority: Authority,
+        config: Arc<PoolConfig>,
+        pool: Addr<Pool<C, P>>,
+        min_idle: usize,
+        max_size: usize,
+    ) -> Self {
+        Self {
+            authority,
+            pool,
+            state: Mutex::new(GroupState {
+                idle: Vec::new(),
+                waiters: VecDeque::new(),
+                shared_waiters: 0,
+                next_waiter: 0,
+                members: 0,
+                leased: 0,
+                busy: 0,
+                connecting: 0,
+                replacing: 0,
+                retiring: 0,
+                min_idle,
+                max_size,
+                phase: Phase::Open,
+                failures: 0,
+                down: false,
+                last_connect_error: None,
+                demand_signalled: false,
+                grow_wanted: false,
+                counters: CheckoutCounters::default(),
+            }),
+            config,
+        }
+    }
+
+    /// The group's state. Nothing that locks it again (dropping a `Lease`, above all)
+    /// may run while the guard is held; a panic elsewhere does not poison it for good.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, GroupState<C, P>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks out a connection: an idle one at once, else the longest waiter gets the
+    /// next one returned or opened, within `timeout` (the pool's `checkout_timeout`
+    /// when `None`).
+    pub(crate) async fn checkout(
+        self: &Arc<Self>,
+        timeout: Option<Duration>,
+    ) -> Result<Lease<C, P>, PoolError> {
+        let timeout = timeout.unwrap_or(self.config.checkout_timeout);
+        let mut started = None;
+        loop {
+            match self.attempt(&mut started)? {
+                Attempt::Taken(lease, idle_since) => {
+                    if self.passes_test(&lease, idle_since).await {
+                        return Ok(lease);
+                    }
+                    // Its connection failed the ping; try the next one.
+                    lease.discard();
+                }
+                Attempt::Queued(id, receiver, started) => {
+                    return self.wait(id, receiver, started, timeout).await;
+                }
+            }
+        }
+    }
+
+    fn attempt(
+        self: &Arc<Self>,
+        started: &mut Option<Instant>,
+    ) -> Result<Attempt<C, P>, PoolError> {
+        let mut state = self.lock();
+        if let Err(error) = state.refuse(&self.authority) {
+            state.counters.refused += 1;
+            return Err(error);
+        }
+        // The queue is empty whenever a member is idle (a member made idle goes to
+        // the longest waiter first), but shared waiters do not take members; never
+        // jump over anyone waiting.
+        if state.waiters.is_empty() {
+            if let Some(idle) = state.idle.pop() {
+                idle.member.set_place(Place::Leased);
+                idle.member.used.store(true, Ordering::Relaxed);
+                state.leased += 1;
+                state.counters.direct += 1;
+                return Ok(Attempt::Taken(
+                    Lease::new(self.clone(), idle.member),
+                    idle.since,
+                ));
+            }
+        }
+        if state.waiters.len() >= self.config.max_waiters {
+            state.counters.refused += 1;
+            return Err(PoolError::TooManyWaiters {
+                authority: self.authority.clone(),
+                limit: self.config.max_waiters,
+            });
+        }
+        let now = Instant::now();
+        let since = *started.get_or_insert(now);
+        let (tx, rx) = oneshot::channel();
+        let id = state.push_waiter(|id| Waiter::Exclusive { id, since, tx });
+        self.signal_demand(&mut state);
+        Ok(Attempt::Queued(id, rx, since))
+    }
+
+    /// Whether a connection fresh from the idle stack may be handed out: one idle
+    /// for longer than `test_on_checkout_after` must answer a ping first.
+    async fn passes_test(&self, lease: &Lease<C, P>, idle_since: Instant) -> bool {
+        let Some(after) = self.config.test_on_checkout_after else {
+            return true;
+        };
+        if idle_since.elapsed() < after {
+            return true;
+        }
+        let ping = lease.addr().send(Ping);
+        match tokio::time::timeout(self.config.health_check_timeout, ping).await {
+            Ok(Ok(Ok(_rtt))) => true,
+            _ => {
+                self.lock().counters.tests_failed += 1;
+                false
+            }
+        }
+    }
+
+    async fn wait<T>(
+        self: &Arc<Self>,
+        id: u64,
+        mut receiver: oneshot::Receiver<Result<T, PoolError>>,
+        started: Instant,
+        timeout: Duration,
+    ) -> Result<T, PoolError> {
+        // Leaves the queue if this future is dropped while it waits; whatever was
+        // handed over meanwhile goes back with the receiver.
+        let mut guard = QueueGuard {
+            group: self,
+            id: Some(id),
+        };
+        let deadline = crate::connection::later(started, timeout);
+        match tokio::time::timeout_at(deadline, &mut receiver).await {
+            Ok(Ok(result)) => {
+                guard.id = None;
+                result
+            }
+            // The sender went away unanswered: the pool stopped.
+            Ok(Err(_)) => {
+                guard.id = None;
+                Err(PoolError::Closed)
+            }
+            Err(_elapsed) => {
+                guard.id = None;
+                let mut state = self.lock();
+                match state.remove_waiter(id) {
+                    Some(waiter) => {
+                        state.counters.timed_out += 1;
+                        let last_connect_error = state.last_connect_error.clone();
+                        drop(state);
+                        drop(waiter);
+                        Err(PoolError::Timeout {
+                            authority: self.authority.clone(),
+                            waited: started.elapsed(),
+                            last_connect_error,
+                        })
+                    }
+                    // Served as the timer fired: the answer is already in the channel
+                    // (it is sent before the waiter leaves the queue's lock).
+                    None => {
+                        drop(state);
+                        receiver.try_recv().unwrap_or(Err(PoolError::Closed))
+                    }
+                }
+            }
+        }
+    }
+
+    /// A handle to the least loaded idle connection, shared with other users.
+    pub(crate) async fn shared(
+        self: &Arc<Self>,
+        timeout: Option<Duration>,
+    ) -> Result<SharedConnection<C, P>, PoolError> {
+        let timeout = timeout.unwrap_or(self.config.checkout_timeout);
+        let (id, receiver, started) = {
+            let mut state = self.lock();
+            if let Err(error) = state.refuse(&self.authority) {
+                state.counters.refused += 1;
+                return Err(error);
+            }
+            let least = state
+                .idle
+                .iter()
+                .map(|idle| (idle.member.gauge.get(), &idle.member))
+                .min_by_key(|(load, _)| *load)
+                .map(|(load, member)| (load, member.clone()));
+            if let Some((load, member)) = least {
+                state.counters.shared += 1;
+                if load >= self.config.grow_threshold && !state.grow_wanted {
+                    state.grow_wanted = true;
+                    self.signal_demand(&mut state);
+                }
+                return Ok(SharedConnection::new(member, self.authority.clone()));
+            }
+            if state.waiters.len() >= self.config.max_waiters {
+                state.counters.refused += 1;
+                return Err(PoolError::TooManyWaiters {
+                    authority: self.authority.clone(),
+                    limit: self.config.max_waiters,
+                });
+            }
+            let started = Instant::now();
+            let (tx, rx) = oneshot::channel();
+            let id = state.push_waiter(|id| Waiter::Shared { id, tx });
+            self.signal_demand(&mut state);
+            (id, rx, started)
+        };
+        self.wait(id, receiver, started, timeout).await
+    }
+
+    /// Tells the actor this group wants connections, once per burst.
+    pub(crate) fn signal_demand(self: &Arc<Self>, state: &mut GroupState<C, P>) {
+        if state.demand_signalled || state.wanted() == 0 {
+            return;
+        }
+        state.demand_signalled = true;
+        // `do_send` is right here: the message is tiny, at most one is outstanding
+        // per group, and if the actor is gone the group is closed anyway.
+        self.pool.do_send(Demand {
+            group: self.clone(),
+        });
+    }
+
+    /// Hands `member` to the longest waiter, or makes it idle. `since` is when it
+    /// became idle. Returns it back if nobody wants it and the phase says not to keep
+    /// it (the caller closes it).
+    pub(crate) fn offer(
+        self: &Arc<Self>,
+        state: &mut GroupState<C, P>,
+        mut member: Arc<Member<C, P>>,
+        since: Instant,
+        checked: Instant,
+    ) -> Option<Arc<Member<C, P>>> {
+        while let Some(waiter) = state.pop_waiter() {
+            match waiter {
+                Waiter::Shared { tx, .. } => {
+                    state.counters.shared += 1;
+                    let shared = SharedConnection::new(member.clone(), self.authority.clone());
+                    drop(tx.send(Ok(shared)));
+                }
+                Waiter::Exclusive { tx, since, .. } => {
+                    member.set_place(Place::Leased);
+                    member.used.store(true, Ordering::Relaxed);
+                    state.leased += 1;
+                    match tx.send(Ok(Lease::new(self.clone(), member))) {
+                        Ok(()) => {
+                            state.counters.waited += 1;
+                            state.counters.wait_time += since.elapsed();
+                            return None;
+                        }
+                        // The waiter gave up just now: take the member back without
+                        // dropping the lease (its drop would take this lock again).
+                        Err(Ok(lease)) => {
+                            state.leased -= 1;
+                            member = lease.into_member();
+                        }
+                        Err(Err(_)) => unreachable!("a lease was sent, not an error"),
+                    }
+                }
+            }
+        }
+        if state.phase != Phase::Open {
+            return Some(member);
+        }
+        member.set_place(Place::Idle);
+        state.idle.push(Idle {
+            member,
+            since,
+            checked,
+        });
+        None
+    }
+
+    /// Takes back a lease's member: idle again (or to the longest waiter) if it is
+    /// healthy and quiet, else to the actor to drain or close.
+    pub(crate) fn check_in(self: &Arc<Self>, member: Arc<Member<C, P>>) {
+        let mut state = self.lock();
+        if member.place() != Place::Leased {
+            // Closed and counted out while it was leased.
+            return;
+        }
+        if !member.addr.connected() {
+            // The connection stopped; its `Closed` event is on its way to the actor,
+            // which counts it out. Keep it off the idle stack meanwhile.
+            state.leased -= 1;
+            state.busy += 1;
+            member.set_place(Place::Busy);
+            return;
+        }
+        let now = Instant::now();
+        // Shutting down (and nobody left to serve), expired, not to be reused, or
+        // above a reduced size: close it.
+        let retire = (state.phase != Phase::Open && state.waiters.is_empty())
+            || !self.config.reuse
+            || member.is_expired(now)
+            || state.members - state.retiring > state.max_size;
+        let because = if retire {
+            Some(ReturnedBecause::Retire)
+        } else if member.gauge.get() > 0 {
+            Some(ReturnedBecause::InFlight)
+        } else {
+            None
+        };
+        state.leased -= 1;
+        let rest = match because {
+            None => match self.offer(&mut state, member, now, now) {
+                None => return,
+                Some(member) => (member, ReturnedBecause::Retire),
+            },
+            Some(because) => (member, because),
+        };
+        let (member, because) = rest;
+        member.set_place(Place::Busy);
+        state.busy += 1;
+        drop(state);
+        // Loses nothing that matters: if the actor is gone, so is the pool.
+        self.pool.do_send(Returned {
+            group: self.clone(),
+            member,
+            because,
+        });
+    }
+
+    /// Takes a lease's member out of the pool for good.
+    pub(crate) fn detach(self: &Arc<Self>, member: &Member<C, P>) {
+        let mut state = self.lock();
+        if member.place() == Place::Leased {
+            state.leased -= 1;
+            state.members -= 1;
+            member.set_place(Place::Detached);
+            self.signal_demand(&mut state);
+        }
+    }
+
+    /// Takes a lease's member back to be closed: its borrower found it unfit.
+    pub(crate) fn discard(self: &Arc<Self>, member: Arc<Member<C, P>>) {
+        let mut state = self.lock();
+        if member.place() != Place::Leased {
+            return;
+        }
+        state.leased -= 1;
+        state.busy += 1;
+        member.set_place(Place::Busy);
+        drop(state);
+        self.pool.do_send(Returned {
+            group: self.clone(),
+            member,
+            because: ReturnedBecause::Discard,
+        });
+    }
+}
+
+/// Takes a waiter out of the queue when its checkout is dropped mid-wait.
+struct QueueGuard<'a, C: Connector, P: Protocol> {
+    group: &'a Arc<Group<C, P>>,
+    id: Option<u64>,
+}
+
+impl<C: Connector, P: Protocol> Drop for QueueGuard<'_, C, P> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let waiter = self.group.lock().remove_waiter(id);
+            // Dropped after the lock is released.
+            drop(waiter);
+        }
+    }
+}
