@@ -1,0 +1,360 @@
+//! Shared set-up for the Pool integration tests: an in-memory `frame` server whose
+//! connections can be killed and which can be stopped and restarted, and a connector
+//! that fails, hangs or succeeds as a test scripts it (bb8's `NthConnectionFailManager`,
+//! deadpool's `Gate`).
+//!
+//! Everything runs on the test's actix runtime, so tests can pause tokio's clock:
+//! backoffs, timeouts and reaping then take no real time.
+
+// Each test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::LocalBoxFuture;
+use futures::{FutureExt, SinkExt, StreamExt};
+use switchboard::pool::PoolStatus;
+use switchboard::protocol::frame::{Frame, FrameCodec, FrameKind, FrameProtocol};
+use switchboard::transport::{Connector, MemoryConnector, MemoryNetwork};
+use switchboard::{
+    Authority, ConnectError, ConnectionConfig, PoolConfig, PoolConfigBuilder, PoolHandle,
+};
+use tokio::io::DuplexStream;
+use tokio::sync::oneshot;
+use tokio_util::codec::Framed;
+
+/// The pool type the tests use.
+pub type TestPool = PoolHandle<ScriptedConnector, FrameProtocol>;
+
+/// The bound on every wait that should end at once (virtual time: costs nothing).
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A pool config builder with test-friendly defaults: no reaping, no health checks
+/// unless a test turns them on, short backoff.
+pub fn config() -> PoolConfigBuilder {
+    PoolConfig::builder()
+        .test_on_checkout_after(None)
+        .health_check_interval(None)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .backoff_base(Duration::from_millis(50))
+        .backoff_max(Duration::from_millis(500))
+        .checkout_timeout(Duration::from_secs(2))
+}
+
+/// Connection settings for pooled test connections (the server answers pings).
+pub fn connection_config() -> ConnectionConfig {
+    ConnectionConfig::builder()
+        .heartbeat_interval(Duration::from_secs(5))
+        .heartbeat_timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+/// An in-memory `frame` server: answers pings, echoes requests (a payload
+/// `sleep:<ms>` is answered after that many milliseconds), and can kill its
+/// connections, stop listening and listen again.
+#[derive(Clone)]
+pub struct Server {
+    network: MemoryNetwork,
+    name: Arc<str>,
+    inner: Rc<RefCell<ServerInner>>,
+}
+
+#[derive(Default)]
+struct ServerInner {
+    next: u64,
+    /// Kill switches of live connections.
+    connections: HashMap<u64, oneshot::Sender<()>>,
+    accepted: usize,
+    /// Stops the accept loop.
+    listening: Option<oneshot::Sender<()>>,
+}
+
+impl Server {
+    /// Starts listening at `memory://name` on `network`.
+    pub fn start(network: &MemoryNetwork, name: &str) -> Self {
+        let server = Self {
+            network: network.clone(),
+            name: name.into(),
+            inner: Rc::default(),
+        };
+        server.listen();
+        server
+    }
+
+    pub fn authority(&self) -> Authority {
+        Authority::memory(&*self.name)
+    }
+
+    fn listen(&self) {
+        let mut listener = self.network.bind(&self.name);
+        let (stop, mut stopped) = oneshot::channel();
+        self.inner.borrow_mut().listening = Some(stop);
+        let server = self.clone();
+        actix::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => match accepted {
+                        Some(stream) => server.serve(stream),
+                        None => break,
+                    },
+                }
+            }
+            // Dropping the listener refuses new connects.
+        });
+    }
+
+    fn serve(&self, stream: DuplexStream) {
+        let (kill, mut killed) = oneshot::channel();
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            inner.next += 1;
+            inner.accepted += 1;
+            let id = inner.next;
+            inner.connections.insert(id, kill);
+            id
+        };
+        let inner = self.inner.clone();
+        actix::spawn(async move {
+            let framed = Framed::new(stream, FrameCodec::default());
+            let (mut sink, mut frames) = framed.split();
+            let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Frame>();
+            let writer = actix::spawn(async move {
+                while let Some(frame) = out_rx.recv().await {
+                    if sink.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            loop {
+                tokio::select! {
+                    _ = &mut killed => break,
+                    frame = frames.next() => {
+                        let Some(Ok(frame)) = frame else { break };
+                        match frame.kind {
+                            FrameKind::Ping => {
+                                let _ = out_tx.send(Frame::pong(frame.id));
+                            }
+                            FrameKind::Request => {
+                                let delay = std::str::from_utf8(&frame.payload)
+                                    .ok()
+                                    .and_then(|text| text.strip_prefix("sleep:"))
+                                    .and_then(|ms| ms.parse::<u64>().ok());
+                                let out = out_tx.clone();
+                                let reply = Frame::response(frame.id, frame.payload.clone());
+                                match delay {
+                                    Some(ms) => {
+                                        actix::spawn(async move {
+                                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                                            let _ = out.send(reply);
+                                        });
+                                    }
+                                    None => {
+                                        let _ = out.send(reply);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            writer.abort();
+            inner.borrow_mut().connections.remove(&id);
+        });
+    }
+
+    /// Connections accepted since the server started.
+    pub fn accepted(&self) -> usize {
+        self.inner.borrow().accepted
+    }
+
+    /// Connections open on the server side.
+    pub fn open(&self) -> usize {
+        self.inner.borrow().connections.len()
+    }
+
+    /// Closes every connection (the client sees EOF).
+    pub fn kill_all(&self) {
+        let kills: Vec<_> = self.inner.borrow_mut().connections.drain().collect();
+        for (_, kill) in kills {
+            let _ = kill.send(());
+        }
+    }
+
+    /// Closes `count` connections.
+    pub fn kill(&self, count: usize) {
+        let kills: Vec<_> = {
+            let mut inner = self.inner.borrow_mut();
+            let ids: Vec<u64> = inner.connections.keys().copied().take(count).collect();
+            ids.into_iter()
+                .filter_map(|id| inner.connections.remove(&id))
+                .collect()
+        };
+        for kill in kills {
+            let _ = kill.send(());
+        }
+    }
+
+    /// Stops listening (connects are refused) and kills every connection.
+    pub fn stop(&self) {
+        if let Some(stop) = self.inner.borrow_mut().listening.take() {
+            let _ = stop.send(());
+        }
+        self.kill_all();
+    }
+
+    /// Listens again after `stop`.
+    pub fn restart(&self) {
+        self.listen();
+    }
+}
+
+/// What the next connect attempts do.
+#[derive(Debug, Clone)]
+pub enum Gate {
+    /// Connect normally.
+    Open,
+    /// Fail with `Refused`.
+    Refuse,
+    /// Never finish (the pool's connect timeout must end it).
+    Hang,
+}
+
+/// A connector over a [`MemoryNetwork`] that a test can script: fail the Nth attempt,
+/// fail or hang every attempt, and count attempts.
+#[derive(Clone)]
+pub struct ScriptedConnector {
+    inner: MemoryConnector,
+    script: Arc<Mutex<Script>>,
+    attempts: Arc<AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct Script {
+    gate: Gate,
+    /// Attempt numbers (1-based) that fail with `Refused` whatever the gate.
+    fail_attempts: Vec<usize>,
+}
+
+impl ScriptedConnector {
+    pub fn new(network: &MemoryNetwork) -> Self {
+        Self {
+            inner: network.connector(),
+            script: Arc::new(Mutex::new(Script {
+                gate: Gate::Open,
+                fail_attempts: Vec::new(),
+            })),
+            attempts: Arc::default(),
+        }
+    }
+
+    /// What every later attempt does.
+    pub fn set_gate(&self, gate: Gate) {
+        self.script.lock().unwrap().gate = gate;
+    }
+
+    /// Makes attempt number `n` (1-based, counted from the start) fail.
+    pub fn fail_attempt(&self, n: usize) {
+        self.script.lock().unwrap().fail_attempts.push(n);
+    }
+
+    /// Connect attempts so far.
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(Ordering::SeqCst)
+    }
+}
+
+impl Connector for ScriptedConnector {
+    type Io = DuplexStream;
+
+    fn connect(
+        &self,
+        authority: &Authority,
+    ) -> LocalBoxFuture<'static, Result<DuplexStream, ConnectError>> {
+        let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        let gate = {
+            let script = self.script.lock().unwrap();
+            if script.fail_attempts.contains(&n) {
+                Gate::Refuse
+            } else {
+                script.gate.clone()
+            }
+        };
+        match gate {
+            Gate::Open => self.inner.connect(authority),
+            Gate::Refuse => {
+                // The in-memory connector's own refusal: nothing listens here.
+                let nowhere = Authority::memory("switchboard-test-nowhere");
+                let connect = self.inner.connect(&nowhere);
+                let authority = authority.clone();
+                async move {
+                    match connect.await {
+                        Err(_) => Err(ConnectError::Refused { authority }),
+                        Ok(_) => unreachable!("nothing listens at the nowhere authority"),
+                    }
+                }
+                .boxed_local()
+            }
+            Gate::Hang => futures::future::pending().boxed_local(),
+        }
+    }
+}
+
+/// The status of the one authority a test uses.
+pub fn only(status: &PoolStatus) -> &switchboard::pool::AuthorityStatus {
+    assert_eq!(status.authorities.len(), 1, "one authority: {status:#?}");
+    &status.authorities[0]
+}
+
+/// Checks that an authority's counts add up: every connection is idle, leased or busy,
+/// and the per-connection list agrees.
+pub fn assert_consistent(status: &switchboard::pool::AuthorityStatus) {
+    assert_eq!(
+        status.size,
+        status.idle + status.leased + status.busy,
+        "size = idle + leased + busy: {status:#?}"
+    );
+    assert_eq!(status.connections.len(), status.size, "{status:#?}");
+    assert!(status.size <= status.max_size, "{status:#?}");
+}
+
+/// Polls `status` (letting the actors run) until `done` holds, for at most `within`
+/// of (virtual) time. Returns the last status.
+pub async fn until(
+    pool: &TestPool,
+    within: Duration,
+    mut done: impl FnMut(&switchboard::pool::AuthorityStatus) -> bool,
+) -> PoolStatus {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let status = pool.status().await.expect("pool running");
+        if status.authorities.len() == 1 && done(&status.authorities[0]) {
+            return status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("condition not reached within {within:?}: {status:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs `future` with a bound, failing the test if it does not finish.
+pub async fn within<F: Future>(bound: Duration, what: &str, future: F) -> F::Output {
+    tokio::time::timeout(bound, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: did not finish within {bound:?}"))
+}
+
+/// Lets spawned tasks and actors run for a moment of virtual time.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
