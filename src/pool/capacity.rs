@@ -1,0 +1,284 @@
+//! How the Pool opens, counts and replaces connections: demand, backoff, failure
+//! accrual, and what a connection's `Closed` event changes.
+
+use super::*;
+
+impl<C: Connector, P: Protocol> Pool<C, P> {
+    /// The group of `authority`, created (and filled to `min_idle`) if new.
+    pub(super) fn group_for(
+        &mut self,
+        authority: &Authority,
+        ctx: &mut Context<Self>,
+    ) -> Arc<Group<C, P>> {
+        if let Some(group) = self.registry.get(authority) {
+            return group;
+        }
+        let group = Arc::new(Group::new(
+            authority.clone(),
+            self.config.clone(),
+            self.addr.clone(),
+            self.config.min_idle,
+            self.config.max_size,
+        ));
+        self.registry.insert(group.clone());
+        tracing::debug!(parent: &self.span, %authority, "authority registered");
+        self.replenish(&group, Duration::ZERO, ctx);
+        group
+    }
+
+    /// Connections open or opening across all authorities.
+    pub(super) fn total_open(&self) -> usize {
+        self.registry
+            .all()
+            .iter()
+            .map(|group| {
+                let state = group.lock();
+                state.members + state.connecting
+            })
+            .sum()
+    }
+
+    /// Opens what `group` wants, within its `max_size` and the pool's
+    /// `max_connections`, after `delay` (or the backoff, after failures).
+    pub(super) fn replenish(
+        &mut self,
+        group: &Arc<Group<C, P>>,
+        delay: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let global_room = self
+            .config
+            .max_connections
+            .saturating_sub(self.total_open());
+        let mut state = group.lock();
+        state.demand_signalled = false;
+        let count = state.wanted().min(state.room()).min(global_room);
+        if count == 0 {
+            return;
+        }
+        state.grow_wanted = false;
+        let delay = if state.failures > 0 {
+            self.backoff(state.failures)
+        } else {
+            delay
+        };
+        state.connecting += count;
+        drop(state);
+        for _ in 0..count {
+            self.open(group.clone(), delay, ctx);
+        }
+    }
+
+    pub(super) fn replenish_all(&mut self, ctx: &mut Context<Self>) {
+        for group in self.registry.all() {
+            self.replenish(&group, Duration::ZERO, ctx);
+        }
+    }
+
+    /// The delay before the next connect after `failures` failures in a row:
+    /// exponential from `backoff_base`, capped at `backoff_max`, jittered.
+    pub(super) fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        let delay = self
+            .config
+            .backoff_base
+            .saturating_mul(1 << doublings)
+            .min(self.config.backoff_max);
+        jitter(delay)
+    }
+
+    /// Starts one connect attempt (already counted in `connecting`).
+    pub(super) fn open(
+        &mut self,
+        group: Arc<Group<C, P>>,
+        delay: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let connector = self.connector.clone();
+        let authority = group.authority.clone();
+        let timeout = self.config.connect_timeout;
+        let attempt = async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            match tokio::time::timeout(timeout, connector.connect(&authority)).await {
+                Ok(result) => result,
+                Err(_) => Err(ConnectError::Timeout {
+                    authority,
+                    after: timeout,
+                }),
+            }
+        };
+        ctx.spawn(
+            attempt
+                .into_actor(self)
+                .map(move |result, pool, ctx| pool.on_connect(group, result, ctx)),
+        );
+    }
+
+    pub(super) fn on_connect(
+        &mut self,
+        group: Arc<Group<C, P>>,
+        result: Result<C::Io, ConnectError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match result {
+            Ok(io) => self.on_connected(group, io, ctx),
+            Err(error) => self.on_connect_failed(group, error, ctx),
+        }
+    }
+
+    pub(super) fn on_connected(
+        &mut self,
+        group: Arc<Group<C, P>>,
+        io: C::Io,
+        ctx: &mut Context<Self>,
+    ) {
+        if group.lock().phase != Phase::Open {
+            group.lock().connecting -= 1;
+            // Shutting down: the transport closes as it drops.
+            return;
+        }
+        let now = Instant::now();
+        let id = ConnectionId::next();
+        let gauge = InFlightGauge::default();
+        let mut builder = Connection::builder(io, self.protocol.clone())
+            .config(self.connection.clone())
+            .peer(group.authority.to_string())
+            .events(ctx.address().recipient())
+            .gauge(gauge.clone())
+            .id(id);
+        if let Some(pushes) = &self.pushes {
+            builder = builder.pushes(pushes.clone());
+        }
+        let addr = match &mut self.placement {
+            Some(place) => place(builder),
+            None => builder.start(),
+        };
+        let expires = self.config.max_lifetime.map(|lifetime| {
+            // Up to a tenth shorter, so a pool opened at once does not expire at once.
+            later(
+                now,
+                lifetime.saturating_sub(lifetime.mul_f64(fastrand::f64() / 10.0)),
+            )
+        });
+        let member = Arc::new(Member::new(id, addr, gauge, now, expires));
+        self.tracked.insert(
+            id,
+            Tracked {
+                member: member.clone(),
+                group: group.clone(),
+                rtt: None,
+            },
+        );
+        self.counters.created += 1;
+        tracing::debug!(parent: &self.span, authority = %group.authority, %id, "connected");
+
+        let mut state = group.lock();
+        state.connecting -= 1;
+        state.members += 1;
+        if state.down {
+            tracing::info!(parent: &self.span, authority = %group.authority, "authority up again");
+        }
+        state.failures = 0;
+        state.down = false;
+        state.last_connect_error = None;
+        state.replacing = state.replacing.saturating_sub(1);
+        let unwanted = group.offer(&mut state, member, now, now);
+        drop(state);
+        if let Some(member) = unwanted {
+            self.retire(&group, &member, true);
+        }
+        // A replacement for an expired member may let it go now.
+        self.maintain_group(&group, now, ctx);
+        self.answer_ready(&group.authority);
+        self.replenish(&group, Duration::ZERO, ctx);
+    }
+
+    pub(super) fn on_connect_failed(
+        &mut self,
+        group: Arc<Group<C, P>>,
+        error: ConnectError,
+        ctx: &mut Context<Self>,
+    ) {
+        self.counters.connect_failures += 1;
+        let mut state = group.lock();
+        state.connecting -= 1;
+        state.failures = state.failures.saturating_add(1);
+        state.last_connect_error = Some(error.clone());
+        let failures = state.failures;
+        tracing::debug!(parent: &self.span, authority = %group.authority, failures, %error, "connect failed");
+        if !state.down && failures >= self.config.failure_threshold {
+            state.down = true;
+            self.counters.marked_down += 1;
+            tracing::warn!(parent: &self.span, authority = %group.authority, failures, %error, "authority marked down");
+            state.fail_waiters(&PoolError::Down {
+                authority: group.authority.clone(),
+                failures,
+                error: error.clone(),
+            });
+        } else if !state.down && state.waiting_demand() > state.connecting {
+            // This attempt was the one the longest waiter was waiting for.
+            state.fail_front_waiter(PoolError::Connect(error.clone()));
+        }
+        let probe = state.down && state.connecting == 0 && state.phase == Phase::Open;
+        if probe {
+            state.connecting += 1;
+        }
+        drop(state);
+        self.fail_ready(&group.authority, &error);
+        if probe {
+            let delay = self.backoff(failures);
+            self.open(group, delay, ctx);
+        } else {
+            self.replenish(&group, Duration::ZERO, ctx);
+        }
+    }
+
+    pub(super) fn on_closed(
+        &mut self,
+        id: ConnectionId,
+        reason: crate::CloseReason,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(tracked) = self.tracked.remove(&id) else {
+            return;
+        };
+        *self.counters.closed.entry(reason.kind()).or_default() += 1;
+        tracked.group.lock().forget(&tracked.member);
+        self.checks.remove(&id);
+        self.draining.retain(|held| held.member.id != id);
+        tracing::debug!(parent: &self.span, authority = %tracked.group.authority, %id, %reason, "connection closed");
+        // A connection that failed is replaced after a jittered pause, so a pool
+        // whose server restarted does not reconnect all at once.
+        let delay = if reason.is_requested() {
+            Duration::ZERO
+        } else {
+            jitter(self.config.backoff_base)
+        };
+        self.replenish(&tracked.group, delay, ctx);
+        self.replenish_all(ctx);
+        self.check_shutdown(ctx);
+    }
+
+    pub(super) fn answer_ready(&mut self, authority: &Authority) {
+        let Some(group) = self.registry.get(authority) else {
+            return;
+        };
+        let ready = {
+            let state = group.lock();
+            state.members - state.retiring >= state.min_idle
+        };
+        if ready {
+            for (_, tx) in extract(&mut self.ready, |(a, _)| a == authority) {
+                let _ = tx.send(Ok(()));
+            }
+        }
+    }
+
+    pub(super) fn fail_ready(&mut self, authority: &Authority, error: &ConnectError) {
+        for (_, tx) in extract(&mut self.ready, |(a, _)| a == authority) {
+            let _ = tx.send(Err(PoolError::Connect(error.clone())));
+        }
+    }
+}

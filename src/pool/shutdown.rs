@@ -1,0 +1,110 @@
+//! `Drain` and `Close`: how a Pool stops taking checkouts and closes its connections.
+
+use super::*;
+
+impl<C: Connector, P: Protocol> Pool<C, P> {
+    /// Stops taking checkouts and closes every connection, gracefully or at once.
+    pub(super) fn begin_shutdown(
+        &mut self,
+        graceful: bool,
+        timeout: Option<Duration>,
+        ctx: &mut Context<Self>,
+    ) {
+        let (phase, error) = if graceful {
+            (Phase::Draining, PoolError::Draining)
+        } else {
+            (Phase::Closed, PoolError::Closed)
+        };
+        if self.phase == Phase::Closed || (self.phase == Phase::Draining && graceful) {
+            return;
+        }
+        self.phase = phase;
+        tracing::debug!(parent: &self.span, graceful, "pool shutting down");
+        for (_, tx) in self.ready.drain(..) {
+            let _ = tx.send(Err(error.clone()));
+        }
+        let mut to_close = Vec::new();
+        for group in self.registry.all() {
+            let mut state = group.lock();
+            state.phase = phase;
+            state.fail_waiters(&error);
+            while !state.idle.is_empty() {
+                let idle = state.take_idle(0);
+                to_close.push((group.clone(), idle.member));
+            }
+        }
+        for (group, member) in &to_close {
+            self.retire(group, member, graceful);
+        }
+        if !graceful {
+            // Leased and busy connections too: calls in flight fail with `Aborted`.
+            for tracked in self.tracked.values() {
+                if tracked.member.place() != Place::Detached {
+                    tracked.member.addr.do_send(Abort);
+                }
+            }
+        }
+        let timeout = timeout.unwrap_or(self.config.shutdown_timeout);
+        ctx.run_later(timeout, |pool, ctx| {
+            if pool.shutdown.is_some() {
+                tracing::debug!(parent: &pool.span, "shutdown timed out; aborting the rest");
+                for tracked in pool.tracked.values() {
+                    tracked.member.addr.do_send(Abort);
+                }
+                pool.finish_shutdown(ctx);
+            }
+        });
+    }
+
+    /// Whether every pooled connection has closed.
+    pub(super) fn is_empty(&self) -> bool {
+        self.tracked
+            .values()
+            .all(|tracked| tracked.member.place() == Place::Detached)
+    }
+
+    pub(super) fn check_shutdown(&mut self, ctx: &mut Context<Self>) {
+        if self.shutdown.is_some() && self.is_empty() {
+            self.finish_shutdown(ctx);
+        }
+    }
+
+    pub(super) fn finish_shutdown(&mut self, ctx: &mut Context<Self>) {
+        self.phase = Phase::Closed;
+        for group in self.registry.all() {
+            let mut state = group.lock();
+            state.phase = Phase::Closed;
+            state.fail_waiters(&PoolError::Closed);
+        }
+        if let Some(shutdown) = self.shutdown.take() {
+            for waiter in shutdown.waiters {
+                let _ = waiter.send(());
+            }
+        }
+        tracing::debug!(parent: &self.span, "pool closed");
+        ctx.stop();
+    }
+
+    pub(super) fn shutdown_message(
+        &mut self,
+        graceful: bool,
+        timeout: Option<Duration>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.phase == Phase::Closed && self.shutdown.is_none() {
+            return Box::pin(async {});
+        }
+        self.shutdown
+            .get_or_insert_with(|| Shutdown {
+                waiters: Vec::new(),
+            })
+            .waiters
+            .push(tx);
+        self.begin_shutdown(graceful, timeout, ctx);
+        self.check_shutdown(ctx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}

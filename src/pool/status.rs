@@ -1,0 +1,76 @@
+//! The snapshot a Pool reports for `GetStatus`.
+
+use super::*;
+
+impl<C: Connector, P: Protocol> Pool<C, P> {
+    pub(super) fn status(&self) -> PoolStatus {
+        let now = Instant::now();
+        let mut authorities = Vec::new();
+        let mut connections = 0;
+        let mut counters = self.counters.clone();
+        for group in self.registry.all() {
+            let state = group.lock();
+            let c = state.counters;
+            let sum = &mut counters.checkouts;
+            sum.direct += c.direct;
+            sum.waited += c.waited;
+            sum.wait_time += c.wait_time;
+            sum.timed_out += c.timed_out;
+            sum.refused += c.refused;
+            sum.failed += c.failed;
+            sum.shared += c.shared;
+            sum.tests_failed += c.tests_failed;
+            connections += state.members;
+            let members = self
+                .tracked
+                .values()
+                .filter(|tracked| Arc::ptr_eq(&tracked.group, &group))
+                .filter_map(|tracked| {
+                    let state = match tracked.member.place() {
+                        Place::Idle => MemberState::Idle,
+                        Place::Leased => MemberState::Leased,
+                        Place::Busy => MemberState::Busy,
+                        Place::Gone | Place::Detached => return None,
+                    };
+                    Some(MemberStatus {
+                        id: tracked.member.id,
+                        state,
+                        in_flight: tracked.member.gauge.get(),
+                        rtt: tracked.rtt,
+                        age: now - tracked.member.created,
+                    })
+                })
+                .collect();
+            authorities.push(AuthorityStatus {
+                authority: group.authority.clone(),
+                size: state.members,
+                idle: state.idle.len(),
+                leased: state.leased,
+                busy: state.busy,
+                connecting: state.connecting,
+                waiters: state.waiters(),
+                min_idle: state.min_idle,
+                max_size: state.max_size,
+                down: state.down,
+                consecutive_failures: state.failures,
+                last_connect_error: state.last_connect_error.clone(),
+                checkouts: CheckoutStats {
+                    direct: c.direct,
+                    waited: c.waited,
+                    wait_time: c.wait_time,
+                    timed_out: c.timed_out,
+                    refused: c.refused,
+                    failed: c.failed,
+                    shared: c.shared,
+                    tests_failed: c.tests_failed,
+                },
+                connections: members,
+            });
+        }
+        PoolStatus {
+            authorities,
+            connections,
+            counters,
+        }
+    }
+}
