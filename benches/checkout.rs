@@ -28,8 +28,8 @@
 //! `status()`). Each operation is timed with [`Instant`] around checkout plus drop,
 //! in every system alike; `ops_per_sec` is `TOTAL_OPS` over the wall time from
 //! spawning the first worker to the last one finishing. The systems are interleaved
-//! within each case and the whole sweep is repeated ([`ROUNDS`] times, once with
-//! `--quick`); each row reports the round with the median ops/sec, so a noisy moment
+//! within each case and the whole sweep is repeated ([`ROUNDS`] times,
+//! [`QUICK_ROUNDS`] with `--quick`); each row reports the round with the median ops/sec, so a noisy moment
 //! on the machine hits all systems alike. Every measurement is bounded by
 //! [`MEASURE_TIMEOUT`], so a hang ends the bench with an error.
 //!
@@ -38,8 +38,8 @@
 //! competing with the two runtime threads for the machine's cores, while deadpool
 //! and bb8 do all their work on the runtime threads.
 //!
-//! Run with `cargo bench --bench checkout -- --quick` (one round; deadpool and bb8
-//! take about 7 s of it on two cores) or without `--quick` for three rounds. Prints
+//! Run with `cargo bench --bench checkout -- --quick` (three rounds, about 25 s on
+//! two cores) or without `--quick` for five. Prints
 //! a table and writes `target/bench-results/checkout.json`.
 
 use std::collections::HashMap;
@@ -93,9 +93,10 @@ const TOTAL_OPS: usize = 1 << 20;
 /// Worker threads of the tokio runtime the workers run on.
 const RUNTIME_THREADS: usize = 2;
 /// Times the whole sweep is repeated without `--quick`; rows report the median round.
-const ROUNDS: usize = 3;
-/// Rounds with `--quick`.
-const QUICK_ROUNDS: usize = 1;
+const ROUNDS: usize = 5;
+/// Rounds with `--quick`: a single round is too noisy on a shared two-core machine
+/// to compare against (one round once had bb8 at a third of its usual rate).
+const QUICK_ROUNDS: usize = 3;
 /// How long one measurement's operations may take before the bench gives up.
 const MEASURE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long building, pre-filling or closing one pool may take.
@@ -140,7 +141,7 @@ struct Settings {
 }
 
 impl Settings {
-    /// `--quick` runs one round; every other argument (cargo passes `--bench`) is
+    /// `--quick` runs fewer rounds; every other argument (cargo passes `--bench`) is
     /// ignored.
     fn from_args() -> Self {
         let quick = std::env::args().skip(1).any(|arg| arg == "--quick");

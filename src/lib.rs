@@ -41,6 +41,12 @@
 //!   pending call exactly once when it stops. Its messages: [`Call`], [`SendFrame`],
 //!   [`Close`], [`Abort`], [`GetStats`]; it reports [`ConnectionEvent`]s to a
 //!   supervisor and hands [`Pushed`] messages to a push recipient.
+//! - [`Pool`] (`src/pool/`): supervises Connections per [`Authority`]: `min_idle` /
+//!   `max_size` and a global cap, exclusive [`Lease`]s and [`SharedConnection`]s, a
+//!   fair queue of waiters with timeouts, health checks, idle and lifetime expiry,
+//!   restarts with backoff and failure accrual, drain and close. Checkouts that find
+//!   an idle connection do not go through the actor. Use it through a
+//!   [`PoolHandle`] or with messages ([`pool::Checkout`], [`pool::GetStatus`], ...).
 //! - [`protocol`] (`src/protocol/`): the [`Protocol`](protocol::Protocol) trait (a
 //!   codec plus frame semantics) and the built-in
 //!   [`frame`](protocol::frame) protocol.
@@ -49,10 +55,11 @@
 //! - `testkit` (feature `testkit`, `src/testkit/`): the actor test harness, a probe
 //!   actor and a scripted mock peer, for this crate's tests and yours.
 //! - Errors: [`CallError`] (why a call failed), [`CloseReason`] (why a connection
-//!   stopped), [`ConnectError`] (why a transport did not open), [`ConfigError`].
+//!   stopped), [`ConnectError`] (why a transport did not open), [`PoolError`] (why a
+//!   checkout failed), [`ConfigError`].
 //!
-//! The Pool (supervised capacity and checkout) and the Broker (routing, ordering,
-//! subscriptions, the server side) build on these; see `docs/architecture.md`.
+//! The Broker (routing, ordering, subscriptions, the server side) builds on these;
+//! see `docs/architecture.md`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]

@@ -108,6 +108,56 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 ///   `max_lifetime` (jittered), without going below `min_idle`.
 /// - Restarts: a connection that stops is counted out at once (from its `Closed`
 ///   event) and replaced after a jittered backoff.
+///
+/// # Example
+/// ```
+/// use futures::{SinkExt, StreamExt};
+/// use switchboard::protocol::frame::{Frame, FrameCodec, FrameKind, FrameProtocol, FrameRequest};
+/// use switchboard::transport::MemoryNetwork;
+/// use switchboard::{Pool, PoolConfig};
+/// use tokio_util::codec::Framed;
+///
+/// #[actix::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     // A peer that echoes requests, listening on an in-memory network.
+///     let network = MemoryNetwork::new();
+///     let mut listener = network.bind("echo");
+///     let authority = listener.authority().clone();
+///     actix::spawn(async move {
+///         while let Some(stream) = listener.accept().await {
+///             actix::spawn(async move {
+///                 let mut peer = Framed::new(stream, FrameCodec::default());
+///                 while let Some(Ok(frame)) = peer.next().await {
+///                     if frame.kind == FrameKind::Request {
+///                         let _ = peer.send(Frame::response(frame.id, frame.payload)).await;
+///                     }
+///                 }
+///             });
+///         }
+///     });
+///
+///     let pool = Pool::builder(network.connector(), FrameProtocol::default())
+///         .config(PoolConfig::builder().min_idle(1).max_size(4).build()?)
+///         .authority(authority.clone())
+///         .build() // eager: waits for min_idle connections, or fails with the connect error
+///         .await?;
+///
+///     // Exclusive use: the lease goes back to the pool when dropped.
+///     let lease = pool.checkout(&authority).await?;
+///     let reply = lease.call(FrameRequest::new("hello")).await?;
+///     assert_eq!(&reply[..], b"hello");
+///     drop(lease);
+///
+///     // Shared use: the least loaded connection, for protocols with request ids.
+///     let shared = pool.shared(&authority).await?;
+///     assert_eq!(&shared.call(FrameRequest::new("again")).await?[..], b"again");
+///
+///     let status = pool.status().await?;
+///     assert_eq!(status.authority(&authority).unwrap().leased, 0);
+///     pool.drain().await;
+///     Ok(())
+/// }
+/// ```
 pub struct Pool<C: Connector, P: Protocol> {
     connector: Rc<C>,
     protocol: P,
