@@ -217,8 +217,9 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 failures,
                 error: error.clone(),
             });
-        } else if !state.down && state.waiting_demand() > state.connecting {
-            // This attempt was the one the longest waiter was waiting for.
+        } else if !state.down {
+            // Whoever waits longest hears why: the cause, not a bare timeout later
+            // (even when this attempt was opened for `min_idle` rather than for it).
             state.fail_front_waiter(PoolError::Connect(error.clone()));
         }
         let probe = state.down && state.connecting == 0 && state.phase == Phase::Open;

@@ -47,14 +47,18 @@ mod status;
 mod upkeep;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::dev::{MessageResponse, OneshotSender};
 use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, MessageResult,
-    Recipient, ResponseFuture, SpawnHandle, Supervised, WrapFuture,
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
+    MessageResult, Recipient, ResponseFuture, SpawnHandle, Supervised, WrapFuture,
 };
+use futures::future::Either;
 use rustc_hash::FxHashMap;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -321,29 +325,78 @@ impl<C: Connector, P: Protocol> Supervised for Pool<C, P> {
     }
 }
 
+/// The reply of the [`Checkout`] and [`CheckoutShared`] handlers: the checkout runs
+/// on its own task, and is dropped (leaving the queue, holding nothing) as soon as the
+/// sender stops waiting for its answer.
+///
+/// A plain `ResponseFuture` would run to the end even when nobody waits for it: an
+/// abandoned checkout would keep its place in line, count as demand and be served.
+pub struct CheckoutReply<T>(Pin<Box<dyn Future<Output = Result<T, PoolError>>>>);
+
+impl<T> fmt::Debug for CheckoutReply<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CheckoutReply")
+    }
+}
+
+impl<C, P, M, T> MessageResponse<Pool<C, P>, M> for CheckoutReply<T>
+where
+    C: Connector,
+    P: Protocol,
+    M: Message<Result = Result<T, PoolError>>,
+    T: 'static,
+{
+    fn handle(self, _: &mut Context<Pool<C, P>>, tx: Option<OneshotSender<M::Result>>) {
+        // Sent with `do_send`: nobody would take the connection, so do not check out.
+        let Some(mut tx) = tx else {
+            return;
+        };
+        let checkout = self.0;
+        actix::spawn(async move {
+            let outcome = {
+                let gone = tx.closed();
+                futures::pin_mut!(gone);
+                match futures::future::select(checkout, gone).await {
+                    Either::Left((result, _)) => Some(result),
+                    // Dropping the checkout here takes it out of the queue.
+                    Either::Right(((), _)) => None,
+                }
+            };
+            if let Some(result) = outcome {
+                // If the sender left just now, the lease comes back as this drops.
+                let _ = tx.send(result);
+            }
+        });
+    }
+}
+
 impl<C: Connector, P: Protocol> Handler<Checkout<C, P>> for Pool<C, P> {
-    type Result = ResponseFuture<Result<Lease<C, P>, PoolError>>;
+    type Result = CheckoutReply<Lease<C, P>>;
 
     /// Checks out a connection (waiting in line if none is idle).
     fn handle(&mut self, checkout: Checkout<C, P>, ctx: &mut Context<Self>) -> Self::Result {
         if let Err(error) = self.refuse() {
-            return Box::pin(async move { Err(error) });
+            return CheckoutReply(Box::pin(async move { Err(error) }));
         }
         let group = self.group_for(&checkout.authority, ctx);
-        Box::pin(async move { group.checkout(checkout.timeout).await })
+        CheckoutReply(Box::pin(
+            async move { group.checkout(checkout.timeout).await },
+        ))
     }
 }
 
 impl<C: Connector, P: Protocol> Handler<CheckoutShared<C, P>> for Pool<C, P> {
-    type Result = ResponseFuture<Result<SharedConnection<C, P>, PoolError>>;
+    type Result = CheckoutReply<SharedConnection<C, P>>;
 
     /// Hands out the least loaded connection for shared use.
     fn handle(&mut self, checkout: CheckoutShared<C, P>, ctx: &mut Context<Self>) -> Self::Result {
         if let Err(error) = self.refuse() {
-            return Box::pin(async move { Err(error) });
+            return CheckoutReply(Box::pin(async move { Err(error) }));
         }
         let group = self.group_for(&checkout.authority, ctx);
-        Box::pin(async move { group.shared(checkout.timeout).await })
+        CheckoutReply(Box::pin(
+            async move { group.shared(checkout.timeout).await },
+        ))
     }
 }
 
