@@ -53,10 +53,13 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         let mut state = group.lock();
         state.demand_signalled = false;
         let count = state.wanted().min(state.room()).min(global_room);
+        // A request to grow is answered now or dropped (no room): shared use asks
+        // again if the load is still there, and a stale request must not open a
+        // connection long after the load is gone.
+        state.grow_wanted = false;
         if count == 0 {
             return;
         }
-        state.grow_wanted = false;
         let delay = if state.failures > 0 {
             self.backoff(state.failures)
         } else {

@@ -403,7 +403,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                         return Ok(lease);
                     }
                     // Its connection failed the ping; try the next one.
-                    lease.discard();
+                    self.discard(lease.into_member(), ReturnedBecause::FailedTest);
                 }
                 Attempt::Queued(id, receiver, started) => {
                     return self.wait(id, receiver, started, timeout).await;
@@ -687,7 +687,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
     }
 
     /// Takes a lease's member back to be closed: its borrower found it unfit.
-    pub(crate) fn discard(self: &Arc<Self>, member: Arc<Member<C, P>>) {
+    pub(crate) fn discard(self: &Arc<Self>, member: Arc<Member<C, P>>, because: ReturnedBecause) {
         let mut state = self.lock();
         if member.place() != Place::Leased {
             return;
@@ -699,7 +699,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         self.pool.do_send(Returned {
             group: self.clone(),
             member,
-            because: ReturnedBecause::Discard,
+            because,
         });
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use actix::Addr;
 
 use super::group::{Group, Member};
+use super::messages::ReturnedBecause;
 use crate::protocol::Protocol;
 use crate::transport::Connector;
 use crate::{Authority, Call, CallError, Connection, ConnectionId};
@@ -92,7 +93,7 @@ impl<C: Connector, P: Protocol> Lease<C, P> {
     /// a state the next one must not see.
     pub fn discard(self) {
         let group = self.group.clone();
-        group.discard(self.into_member());
+        group.discard(self.into_member(), ReturnedBecause::Discard);
     }
 }
 

@@ -265,6 +265,8 @@ pub struct PoolCounters {
     pub closed: BTreeMap<&'static str, u64>,
     /// Connections closed because a health check or test on checkout failed.
     pub health_check_failures: u64,
+    /// Connections closed because their borrower discarded them ([`Lease::discard`]).
+    pub discarded: u64,
     /// Connections closed for being idle past `idle_timeout`.
     pub idle_expired: u64,
     /// Connections closed for reaching `max_lifetime`.
@@ -295,8 +297,10 @@ pub(crate) enum ReturnedBecause {
     InFlight,
     /// Close it gracefully (expired, not reused, pool shrinking or shutting down).
     Retire,
-    /// Abort it (failed its test, or its borrower discarded it).
+    /// Abort it: its borrower discarded it.
     Discard,
+    /// Abort it: it failed its test on checkout.
+    FailedTest,
 }
 
 /// A lease's connection handed to the actor.

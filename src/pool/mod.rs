@@ -466,6 +466,10 @@ impl<C: Connector, P: Protocol> Handler<Returned<C, P>> for Pool<C, P> {
                 self.retire(&group, &member, true);
             }
             ReturnedBecause::Discard => {
+                self.counters.discarded += 1;
+                self.retire(&group, &member, false);
+            }
+            ReturnedBecause::FailedTest => {
                 self.counters.health_check_failures += 1;
                 self.retire(&group, &member, false);
             }

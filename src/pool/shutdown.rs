@@ -49,7 +49,10 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             if pool.shutdown.is_some() {
                 tracing::debug!(parent: &pool.span, "shutdown timed out; aborting the rest");
                 for tracked in pool.tracked.values() {
-                    tracked.member.addr.do_send(Abort);
+                    // Detached connections belong to their borrowers now.
+                    if tracked.member.place() != Place::Detached {
+                        tracked.member.addr.do_send(Abort);
+                    }
                 }
                 pool.finish_shutdown(ctx);
             }

@@ -75,6 +75,8 @@ struct ServerInner {
     accepted: usize,
     /// Stops the accept loop.
     listening: Option<oneshot::Sender<()>>,
+    /// Connections that read but answer nothing (see `Server::mute`).
+    muted: std::collections::HashSet<u64>,
 }
 
 impl Server {
@@ -140,10 +142,11 @@ impl Server {
                     frame = frames.next() => {
                         let Some(Ok(frame)) = frame else { break };
                         match frame.kind {
-                            FrameKind::Ping => {
+                            // A muted connection swallows pings and requests.
+                            FrameKind::Ping if !inner.borrow().muted.contains(&id) => {
                                 let _ = out_tx.send(Frame::pong(frame.id));
                             }
-                            FrameKind::Request => {
+                            FrameKind::Request if !inner.borrow().muted.contains(&id) => {
                                 let delay = std::str::from_utf8(&frame.payload)
                                     .ok()
                                     .and_then(|text| text.strip_prefix("sleep:"))
@@ -357,4 +360,79 @@ pub async fn within<F: Future>(bound: Duration, what: &str, future: F) -> F::Out
 /// Lets spawned tasks and actors run for a moment of virtual time.
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+/// Muting: a peer that stays connected but answers nothing (a hung server, a half-open
+/// link), for health checks and tests on checkout.
+impl Server {
+    /// Makes `count` open connections stop answering pings and requests (they still
+    /// read, and stay open). Returns how many were muted.
+    pub fn mute(&self, count: usize) -> usize {
+        let mut inner = self.inner.borrow_mut();
+        let ids: Vec<u64> = inner
+            .connections
+            .keys()
+            .copied()
+            .filter(|id| !inner.muted.contains(id))
+            .take(count)
+            .collect();
+        inner.muted.extend(&ids);
+        ids.len()
+    }
+
+    /// Makes every open connection stop answering (connections accepted later answer).
+    pub fn mute_all(&self) -> usize {
+        self.mute(usize::MAX)
+    }
+
+    /// Open connections that are muted.
+    pub fn muted(&self) -> usize {
+        let inner = self.inner.borrow();
+        inner
+            .connections
+            .keys()
+            .filter(|id| inner.muted.contains(id))
+            .count()
+    }
+}
+
+/// Waits (bounded, in virtual time) until the server holds `count` open connections.
+pub async fn until_server_open(server: &Server, count: usize, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while server.open() != count {
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "server still holds {} connections, not {count}, after {within:?}",
+                server.open()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Ends a test: waits (bounded) until nothing is leased, held, waiting or connecting,
+/// checks that the counts add up and that the server holds exactly the pool's
+/// connections (none forgotten open), then closes the pool and checks that every
+/// connection closed on the server side too. Returns the last status before closing.
+pub async fn finish_without_leaks(pool: &TestPool, server: &Server) -> PoolStatus {
+    let status = assert_settled(pool, server).await;
+    within(WAIT, "close the pool", pool.close()).await;
+    until_server_open(server, 0, WAIT).await;
+    status
+}
+
+/// Waits (bounded) until nothing is leased, held, waiting or connecting, and checks
+/// that the counts add up and that the server holds exactly the pool's connections
+/// (none forgotten open). Returns that status.
+pub async fn assert_settled(pool: &TestPool, server: &Server) -> PoolStatus {
+    let status = until(pool, WAIT, |s| {
+        s.leased == 0
+            && s.busy == 0
+            && s.waiters == 0
+            && s.connecting == 0
+            && server.open() == s.size
+    })
+    .await;
+    assert_consistent(only(&status));
+    status
 }
