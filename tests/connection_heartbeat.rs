@@ -286,3 +286,65 @@ async fn a_peer_that_stopped_reading_is_closed_after_the_heartbeat_timeout() {
         "{result:?}"
     );
 }
+
+#[actix::test]
+async fn a_ping_message_sends_one_ping_and_resolves_with_its_round_trip() {
+    tokio::time::pause();
+    let Setup {
+        addr,
+        mut peer,
+        mut events,
+        ..
+    } = connect(heartbeat_config()).await;
+
+    // Two pingers share one outstanding ping.
+    let first = actix_rt::spawn(addr.send(switchboard::Ping));
+    let second = actix_rt::spawn(addr.send(switchboard::Ping));
+    let ping = peer.expect_kind(FrameKind::Ping, WAIT).await;
+    peer.expect_nothing(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    peer.send(Frame::pong(ping.id)).await;
+
+    for pinger in [first, second] {
+        let rtt = pinger
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("pong answers the ping");
+        assert!(rtt >= Duration::from_millis(20), "round trip {rtt:?}");
+    }
+    assert_not_closed(&mut events);
+}
+
+#[actix::test]
+async fn a_ping_fails_with_the_close_reason_when_the_connection_stops() {
+    tokio::time::pause();
+    let Setup {
+        addr,
+        mut peer,
+        mut events,
+        ..
+    } = connect(heartbeat_config()).await;
+
+    let pinger = actix_rt::spawn(addr.send(switchboard::Ping));
+    peer.expect_kind(FrameKind::Ping, WAIT).await;
+    // The peer never answers: the heartbeat timeout closes the connection, and the
+    // ping fails with that reason.
+    let error = tokio::time::timeout(TIMEOUT * 2, pinger)
+        .await
+        .expect("the ping resolves by the heartbeat timeout")
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            switchboard::CallError::Closed(CloseReason::HeartbeatTimeout { .. })
+        ),
+        "{error}"
+    );
+    assert!(matches!(
+        next_closed(&mut events).await,
+        CloseReason::HeartbeatTimeout { .. }
+    ));
+}
