@@ -10,6 +10,10 @@
 //! `Response` carrying the same id, topic and payload, every `Ping` with a `Pong` of
 //! the same id, and ignores everything else. A malformed frame closes only the
 //! connection it arrived on.
+//!
+//! For fault injection it can reset one connection ([`EchoServer::kill_one`]), or
+//! restart: stop listening and reset every connection ([`EchoServer::go_down`]), then
+//! listen again on the same port ([`EchoServer::come_back`]).
 
 // Each includer uses a different subset of this API.
 #![allow(dead_code)]
@@ -23,8 +27,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use switchboard::protocol::frame::{Frame, FrameCodec, FrameError, FrameKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Bytes the read buffer grows by when it runs low; one read takes up to this much.
@@ -33,9 +37,20 @@ const READ_CHUNK: usize = 64 * 1024;
 /// persistent error cannot turn the accept loop into a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
+/// Connections the accept queue may hold while nobody accepts them.
+const BACKLOG: u32 = 1024;
+
 /// Kill switches of the accepted connections, oldest first. A connection's task
 /// holds the receiving end, so a closed switch means the connection has ended.
 type Connections = Arc<Mutex<Vec<oneshot::Sender<()>>>>;
+
+/// What the server thread is asked to do, each answered on its own channel.
+enum Control {
+    /// Stop listening and reset every connection; answers how many were open.
+    GoDown(oneshot::Sender<usize>),
+    /// Listen again on the same address; answers whether binding worked.
+    ComeBack(oneshot::Sender<io::Result<()>>),
+}
 
 /// A running echo server on `127.0.0.1`; stopped by [`EchoServer::shutdown`] or on
 /// drop.
@@ -43,8 +58,8 @@ type Connections = Arc<Mutex<Vec<oneshot::Sender<()>>>>;
 pub struct EchoServer {
     addr: SocketAddr,
     connections: Connections,
-    /// Dropping or firing this stops the accept loop; `None` once stopped.
-    stop: Option<oneshot::Sender<()>>,
+    /// Commands for the accept loop; dropping it stops the loop. `None` once stopped.
+    control: Option<mpsc::UnboundedSender<Control>>,
     /// The server thread; `None` once joined.
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -69,11 +84,11 @@ impl EchoServer {
         };
 
         let connections = Connections::default();
-        let (stop, stopped) = oneshot::channel();
+        let (control, commands) = mpsc::unbounded_channel();
         let thread = thread::Builder::new().name("echo-server".into()).spawn({
             let connections = Arc::clone(&connections);
             move || {
-                runtime.block_on(accept_loop(listener, connections, stopped));
+                runtime.block_on(accept_loop(listener, addr, connections, commands));
                 // Dropping the runtime drops every connection task and so closes
                 // every socket still open.
                 drop(runtime);
@@ -83,7 +98,7 @@ impl EchoServer {
         Ok(Self {
             addr,
             connections,
-            stop: Some(stop),
+            control: Some(control),
             thread: Some(thread),
         })
     }
@@ -121,6 +136,33 @@ impl EchoServer {
         false
     }
 
+    /// The first half of a restart: stops listening (connects are refused from now
+    /// on) and resets every open connection, as a crashed server would. Returns how
+    /// many connections were open.
+    ///
+    /// Resolves once the listening socket is closed; the resets happen on the server
+    /// thread a moment later. [`EchoServer::come_back`] listens again.
+    pub async fn go_down(&self) -> io::Result<usize> {
+        let (done, answer) = oneshot::channel();
+        self.command(Control::GoDown(done))?;
+        answer.await.map_err(|_| server_stopped())
+    }
+
+    /// The second half of a restart: listens again on the same address and serves
+    /// as before. Does nothing if the server is listening already.
+    pub async fn come_back(&self) -> io::Result<()> {
+        let (done, answer) = oneshot::channel();
+        self.command(Control::ComeBack(done))?;
+        answer.await.map_err(|_| server_stopped())?
+    }
+
+    fn command(&self, command: Control) -> io::Result<()> {
+        self.control
+            .as_ref()
+            .and_then(|control| control.send(command).ok())
+            .ok_or_else(server_stopped)
+    }
+
     /// Stops accepting, closes every connection and joins the server thread.
     /// Dropping the server does the same.
     pub fn shutdown(mut self) {
@@ -129,7 +171,7 @@ impl EchoServer {
 
     fn stop_and_join(&mut self) {
         // Dropping the sender is enough to end the accept loop.
-        drop(self.stop.take());
+        drop(self.control.take());
         if let Some(thread) = self.thread.take() {
             // The server thread only panics on a bug in this file; re-raising that
             // from `drop` could abort the process, so it is left out.
@@ -152,19 +194,46 @@ impl Drop for EchoServer {
     }
 }
 
-/// Accepts connections until `stopped` fires or its sender is dropped.
+fn server_stopped() -> io::Error {
+    io::Error::other("the echo server has stopped")
+}
+
+/// What woke the accept loop.
+enum Event {
+    Command(Option<Control>),
+    Accepted(io::Result<(TcpStream, SocketAddr)>),
+}
+
+/// Accepts connections (while listening) and carries out commands, until the
+/// command sender is dropped.
 async fn accept_loop(
     listener: TcpListener,
+    addr: SocketAddr,
     connections: Connections,
-    mut stopped: oneshot::Receiver<()>,
+    mut commands: mpsc::UnboundedReceiver<Control>,
 ) {
+    let mut listener = Some(listener);
     loop {
-        let accepted = tokio::select! {
-            _ = &mut stopped => return,
-            accepted = listener.accept() => accepted,
+        let event = tokio::select! {
+            command = commands.recv() => Event::Command(command),
+            accepted = accept(listener.as_ref()) => Event::Accepted(accepted),
         };
-        match accepted {
-            Ok((stream, _peer)) => {
+        match event {
+            Event::Command(None) => return,
+            Event::Command(Some(Control::GoDown(done))) => {
+                // Closing the listening socket makes the kernel refuse connects (and
+                // reset the ones queued but not yet accepted).
+                listener = None;
+                let _ = done.send(kill_all(&connections));
+            }
+            Event::Command(Some(Control::ComeBack(done))) => {
+                let result = match listener {
+                    Some(_) => Ok(()),
+                    None => listen(addr).map(|bound| listener = Some(bound)),
+                };
+                let _ = done.send(result);
+            }
+            Event::Accepted(Ok((stream, _peer))) => {
                 let (kill, killed) = oneshot::channel();
                 connections
                     .lock()
@@ -174,9 +243,43 @@ async fn accept_loop(
             }
             // Usually transient (the peer gave up, or descriptors ran out); back off
             // briefly and keep serving the connections already open.
-            Err(_) => tokio::time::sleep(ACCEPT_BACKOFF).await,
+            Event::Accepted(Err(_)) => tokio::time::sleep(ACCEPT_BACKOFF).await,
         }
     }
+}
+
+/// The next connection, or never while not listening.
+async fn accept(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Listens on `addr` again after a restart.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // Like `TcpListener::bind`: lets the port be bound again while connections of
+    // the previous listener linger in TIME_WAIT (not on Windows, where the option
+    // means something else).
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Resets every open connection; returns how many there were.
+fn kill_all(connections: &Connections) -> usize {
+    let switches = std::mem::take(&mut *connections.lock().unwrap_or_else(PoisonError::into_inner));
+    // A failed send is a connection that had ended on its own.
+    switches
+        .into_iter()
+        .map(|kill| kill.send(()).is_ok())
+        .filter(|&killed| killed)
+        .count()
 }
 
 /// Serves one connection until the peer closes it, it fails, or it is killed.

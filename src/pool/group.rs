@@ -164,6 +164,8 @@ pub(crate) struct GroupState<C: Connector, P: Protocol> {
     waiters: VecDeque<Waiter<C, P>>,
     shared_waiters: usize,
     next_waiter: u64,
+    /// Where the next shared pick starts looking, for round-robin ties.
+    next_shared: usize,
     /// Live pooled connections: idle + leased + busy.
     pub(crate) members: usize,
     pub(crate) leased: usize,
@@ -282,6 +284,50 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         }
     }
 
+    /// Pops the most recently idle member whose connection still runs. Members whose
+    /// connection stopped (their `Closed` event not yet handled by the actor) are set
+    /// aside as busy; that event counts them out.
+    fn pop_live_idle(&mut self) -> Option<Idle<C, P>> {
+        while let Some(idle) = self.idle.pop() {
+            if idle.member.addr.connected() {
+                return Some(idle);
+            }
+            self.make_busy(&idle.member);
+        }
+        None
+    }
+
+    /// The idle member with the fewest calls in flight, and that number. Ties go
+    /// round robin: the gauges count only calls a connection has written, so a burst
+    /// of callers would otherwise all see zeros and pile onto the first member.
+    fn least_loaded(&mut self) -> Option<(usize, Arc<Member<C, P>>)> {
+        let mut at = 0;
+        while at < self.idle.len() {
+            if self.idle[at].member.addr.connected() {
+                at += 1;
+            } else {
+                let dead = self.idle.remove(at);
+                self.make_busy(&dead.member);
+            }
+        }
+        let count = self.idle.len();
+        if count == 0 {
+            return None;
+        }
+        let start = self.next_shared % count;
+        self.next_shared = self.next_shared.wrapping_add(1);
+        let mut best: Option<(usize, &Arc<Member<C, P>>)> = None;
+        for offset in 0..count {
+            let member = &self.idle[(start + offset) % count].member;
+            let load = member.gauge.get();
+            match best {
+                Some((least, _)) if least <= load => {}
+                _ => best = Some((load, member)),
+            }
+        }
+        best.map(|(load, member)| (load, member.clone()))
+    }
+
     /// Takes an idle member out for the actor (a check or retirement).
     pub(crate) fn take_idle(&mut self, at: usize) -> Idle<C, P> {
         let idle = self.idle.remove(at);
@@ -337,6 +383,16 @@ enum Attempt<C: Connector, P: Protocol> {
     ),
 }
 
+/// What a shared checkout got on its first look.
+enum Shared<C: Connector, P: Protocol> {
+    Now(SharedConnection<C, P>),
+    Queued(
+        u64,
+        oneshot::Receiver<Result<SharedConnection<C, P>, PoolError>>,
+        Instant,
+    ),
+}
+
 /// One authority's connections; shared by the Pool actor, its handles and leases.
 pub(crate) struct Group<C: Connector, P: Protocol> {
     pub(crate) authority: Authority,
@@ -361,6 +417,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 waiters: VecDeque::new(),
                 shared_waiters: 0,
                 next_waiter: 0,
+                next_shared: 0,
                 members: 0,
                 leased: 0,
                 busy: 0,
@@ -397,7 +454,11 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         let timeout = timeout.unwrap_or(self.config.checkout_timeout);
         let mut started = None;
         loop {
-            match self.attempt(&mut started)? {
+            let attempt = match self.attempt(&mut started) {
+                Ok(attempt) => attempt,
+                Err(error) => return Err(refused(error).await),
+            };
+            match attempt {
                 Attempt::Taken(lease, idle_since) => {
                     if self.passes_test(&lease, idle_since).await {
                         return Ok(lease);
@@ -425,7 +486,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         // the longest waiter first), but shared waiters do not take members; never
         // jump over anyone waiting.
         if state.waiters.is_empty() {
-            if let Some(idle) = state.idle.pop() {
+            if let Some(idle) = state.pop_live_idle() {
                 idle.member.set_place(Place::Leased);
                 idle.member.used.store(true, Ordering::Relaxed);
                 state.leased += 1;
@@ -526,40 +587,43 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         timeout: Option<Duration>,
     ) -> Result<SharedConnection<C, P>, PoolError> {
         let timeout = timeout.unwrap_or(self.config.checkout_timeout);
-        let (id, receiver, started) = {
-            let mut state = self.lock();
-            if let Err(error) = state.refuse(&self.authority) {
-                state.counters.refused += 1;
-                return Err(error);
-            }
-            let least = state
-                .idle
-                .iter()
-                .map(|idle| (idle.member.gauge.get(), &idle.member))
-                .min_by_key(|(load, _)| *load)
-                .map(|(load, member)| (load, member.clone()));
-            if let Some((load, member)) = least {
-                state.counters.shared += 1;
-                if load >= self.config.grow_threshold && !state.grow_wanted {
-                    state.grow_wanted = true;
-                    self.signal_demand(&mut state);
-                }
-                return Ok(SharedConnection::new(member, self.authority.clone()));
-            }
-            if state.waiters.len() >= self.config.max_waiters {
-                state.counters.refused += 1;
-                return Err(PoolError::TooManyWaiters {
-                    authority: self.authority.clone(),
-                    limit: self.config.max_waiters,
-                });
-            }
-            let started = Instant::now();
-            let (tx, rx) = oneshot::channel();
-            let id = state.push_waiter(|id| Waiter::Shared { id, tx });
-            self.signal_demand(&mut state);
-            (id, rx, started)
+        let (id, receiver, started) = match self.share_or_queue() {
+            Ok(Shared::Now(shared)) => return Ok(shared),
+            Ok(Shared::Queued(id, receiver, started)) => (id, receiver, started),
+            Err(error) => return Err(refused(error).await),
         };
         self.wait(id, receiver, started, timeout).await
+    }
+
+    fn share_or_queue(self: &Arc<Self>) -> Result<Shared<C, P>, PoolError> {
+        let mut state = self.lock();
+        if let Err(error) = state.refuse(&self.authority) {
+            state.counters.refused += 1;
+            return Err(error);
+        }
+        if let Some((load, member)) = state.least_loaded() {
+            state.counters.shared += 1;
+            if load >= self.config.grow_threshold && !state.grow_wanted {
+                state.grow_wanted = true;
+                self.signal_demand(&mut state);
+            }
+            return Ok(Shared::Now(SharedConnection::new(
+                member,
+                self.authority.clone(),
+            )));
+        }
+        if state.waiters.len() >= self.config.max_waiters {
+            state.counters.refused += 1;
+            return Err(PoolError::TooManyWaiters {
+                authority: self.authority.clone(),
+                limit: self.config.max_waiters,
+            });
+        }
+        let started = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let id = state.push_waiter(|id| Waiter::Shared { id, tx });
+        self.signal_demand(&mut state);
+        Ok(Shared::Queued(id, rx, started))
     }
 
     /// Tells the actor this group wants connections, once per burst.
@@ -702,6 +766,14 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             because,
         });
     }
+}
+
+/// Yields to the runtime before a refusal is returned. A refusal needs no waiting, so
+/// without this a caller retrying in a loop on a single-threaded runtime would never
+/// let the actor run that could end the refusal (reconnect, say).
+async fn refused(error: PoolError) -> PoolError {
+    tokio::task::yield_now().await;
+    error
 }
 
 /// Takes a waiter out of the queue when its checkout is dropped mid-wait.

@@ -9,7 +9,9 @@ use rustc_hash::FxHashMap;
 
 use super::group::Group;
 use super::lease::{Lease, SharedConnection};
-use super::messages::{AwaitReady, Close, Drain, GetStatus, PoolStatus, Register, Resize};
+use super::messages::{
+    AwaitReady, Close, Drain, GetStatus, PoolStatus, Register, Resize, ShutdownOutcome,
+};
 use super::{Placement, Pool, PoolConfig};
 use crate::protocol::Protocol;
 use crate::transport::Connector;
@@ -209,9 +211,19 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
     }
 
     /// The least loaded connection to `authority` for shared (multiplexed) use; see
-    /// [`CheckoutShared`](super::CheckoutShared).
+    /// [`CheckoutShared`](super::CheckoutShared). Waits up to the pool's
+    /// `checkout_timeout` when there is no connection yet.
     pub async fn shared(&self, authority: &Authority) -> Result<SharedConnection<C, P>, PoolError> {
         self.group(authority).await?.shared(None).await
+    }
+
+    /// Like [`shared`](Self::shared), waiting up to `timeout`.
+    pub async fn shared_within(
+        &self,
+        authority: &Authority,
+        timeout: Duration,
+    ) -> Result<SharedConnection<C, P>, PoolError> {
+        self.group(authority).await?.shared(Some(timeout)).await
     }
 
     /// A snapshot of the pool; [`PoolError::Closed`] if the pool actor has stopped.
@@ -239,15 +251,17 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
     }
 
     /// Drains the pool with its `shutdown_timeout`; see [`Drain`]. Returns once every
-    /// connection has closed (at once if the pool has stopped).
-    pub async fn drain(&self) {
-        let _ = self.pool.send(Drain::default()).await;
+    /// connection has closed or the timeout ran out, saying which.
+    pub async fn drain(&self) -> ShutdownOutcome {
+        let drain = self.pool.send(Drain::default()).await;
+        drain.unwrap_or(ShutdownOutcome::AlreadyClosed)
     }
 
     /// Closes the pool with its `shutdown_timeout`; see [`Close`]. Returns once every
-    /// connection has closed (at once if the pool has stopped).
-    pub async fn close(&self) {
-        let _ = self.pool.send(Close::default()).await;
+    /// connection has closed or the timeout ran out, saying which.
+    pub async fn close(&self) -> ShutdownOutcome {
+        let close = self.pool.send(Close::default()).await;
+        close.unwrap_or(ShutdownOutcome::AlreadyClosed)
     }
 }
 

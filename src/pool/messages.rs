@@ -117,7 +117,7 @@ pub struct GetStatus;
 /// returned, then the pool closes. Resolves when every connection has closed, or at
 /// the timeout, when the rest are aborted.
 #[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "ShutdownOutcome")]
 pub struct Drain {
     /// How long to wait, or `None` for the pool's `shutdown_timeout`.
     pub timeout: Option<Duration>,
@@ -130,10 +130,25 @@ pub struct Drain {
 /// A pool started with [`PoolBuilder::start_supervised`](super::PoolBuilder::start_supervised)
 /// restarts afresh after closing, like any supervised actor that stops.
 #[derive(Debug, Clone, Copy, Default, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "ShutdownOutcome")]
 pub struct Close {
     /// How long to wait, or `None` for the pool's `shutdown_timeout`.
     pub timeout: Option<Duration>,
+}
+
+/// How a [`Drain`] or [`Close`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShutdownOutcome {
+    /// Every connection closed within the timeout.
+    Clean,
+    /// The timeout ran out and the connections still open were aborted.
+    TimedOut {
+        /// How many were aborted.
+        aborted: usize,
+    },
+    /// The pool had already closed (or its actor had stopped).
+    AlreadyClosed,
 }
 
 /// Changes an authority's `min_idle` and `max_size` at run time. Shrinking closes

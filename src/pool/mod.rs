@@ -68,7 +68,7 @@ pub use handle::{PoolBuilder, PoolHandle};
 pub use lease::{Lease, SharedConnection};
 pub use messages::{
     AuthorityStatus, Checkout, CheckoutShared, CheckoutStats, Close, Drain, GetStatus, MemberState,
-    MemberStatus, PoolCounters, PoolStatus, Resize,
+    MemberStatus, PoolCounters, PoolStatus, Resize, ShutdownOutcome,
 };
 
 use crate::connection::{later, InFlightGauge};
@@ -202,7 +202,7 @@ struct Held<C: Connector, P: Protocol> {
 }
 
 struct Shutdown {
-    waiters: Vec<oneshot::Sender<()>>,
+    waiters: Vec<oneshot::Sender<ShutdownOutcome>>,
 }
 
 impl<C: Connector, P: Protocol> fmt::Debug for Pool<C, P> {
@@ -530,7 +530,7 @@ impl<C: Connector, P: Protocol> Handler<Resize> for Pool<C, P> {
 }
 
 impl<C: Connector, P: Protocol> Handler<Drain> for Pool<C, P> {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<ShutdownOutcome>;
 
     /// Takes no new checkouts, lets calls in flight finish, then closes.
     fn handle(&mut self, drain: Drain, ctx: &mut Context<Self>) -> Self::Result {
@@ -539,7 +539,7 @@ impl<C: Connector, P: Protocol> Handler<Drain> for Pool<C, P> {
 }
 
 impl<C: Connector, P: Protocol> Handler<Close> for Pool<C, P> {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<ShutdownOutcome>;
 
     /// Fails waiters and aborts every connection.
     fn handle(&mut self, close: Close, ctx: &mut Context<Self>) -> Self::Result {

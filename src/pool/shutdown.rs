@@ -48,13 +48,15 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         ctx.run_later(timeout, |pool, ctx| {
             if pool.shutdown.is_some() {
                 tracing::debug!(parent: &pool.span, "shutdown timed out; aborting the rest");
+                let mut aborted = 0;
                 for tracked in pool.tracked.values() {
                     // Detached connections belong to their borrowers now.
                     if tracked.member.place() != Place::Detached {
                         tracked.member.addr.do_send(Abort);
+                        aborted += 1;
                     }
                 }
-                pool.finish_shutdown(ctx);
+                pool.finish_shutdown(ShutdownOutcome::TimedOut { aborted }, ctx);
             }
         });
     }
@@ -68,11 +70,11 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
 
     pub(super) fn check_shutdown(&mut self, ctx: &mut Context<Self>) {
         if self.shutdown.is_some() && self.is_empty() {
-            self.finish_shutdown(ctx);
+            self.finish_shutdown(ShutdownOutcome::Clean, ctx);
         }
     }
 
-    pub(super) fn finish_shutdown(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn finish_shutdown(&mut self, outcome: ShutdownOutcome, ctx: &mut Context<Self>) {
         self.phase = Phase::Closed;
         for group in self.registry.all() {
             let mut state = group.lock();
@@ -81,7 +83,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         }
         if let Some(shutdown) = self.shutdown.take() {
             for waiter in shutdown.waiters {
-                let _ = waiter.send(());
+                let _ = waiter.send(outcome);
             }
         }
         tracing::debug!(parent: &self.span, "pool closed");
@@ -93,10 +95,10 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         graceful: bool,
         timeout: Option<Duration>,
         ctx: &mut Context<Self>,
-    ) -> ResponseFuture<()> {
+    ) -> ResponseFuture<ShutdownOutcome> {
         let (tx, rx) = oneshot::channel();
         if self.phase == Phase::Closed && self.shutdown.is_none() {
-            return Box::pin(async {});
+            return Box::pin(async { ShutdownOutcome::AlreadyClosed });
         }
         self.shutdown
             .get_or_insert_with(|| Shutdown {
@@ -106,8 +108,6 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             .push(tx);
         self.begin_shutdown(graceful, timeout, ctx);
         self.check_shutdown(ctx);
-        Box::pin(async move {
-            let _ = rx.await;
-        })
+        Box::pin(async move { rx.await.unwrap_or(ShutdownOutcome::AlreadyClosed) })
     }
 }
