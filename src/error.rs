@@ -259,7 +259,8 @@ pub enum PoolError {
         /// The configured `max_waiters`.
         limit: usize,
     },
-    /// The connection opened for this checkout failed to connect.
+    /// A connect attempt for the authority failed while this checkout waited; the
+    /// longest waiter hears of each failed attempt.
     #[error(transparent)]
     Connect(ConnectError),
     /// The authority is marked down after `failures` consecutive connect failures;

@@ -20,6 +20,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             self.config.min_idle,
             self.config.max_size,
         ));
+        group.lock().phase = self.phase;
         self.registry.insert(group.clone());
         tracing::debug!(parent: &self.span, %authority, "authority registered");
         self.replenish(&group, Duration::ZERO, ctx);
@@ -52,6 +53,15 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             .saturating_sub(self.total_open());
         let mut state = group.lock();
         state.demand_signalled = false;
+        if state.down && state.connecting == 0 && state.phase == Phase::Open {
+            // A down authority has one probe at a time; this one was lost (a
+            // restart of the pool dropped the old probe with its context).
+            state.connecting += 1;
+            let delay = self.backoff(state.failures);
+            drop(state);
+            self.open(group.clone(), delay, ctx);
+            return;
+        }
         let count = state.wanted().min(state.room()).min(global_room);
         // A request to grow is answered now or dropped (no room): shared use asks
         // again if the load is still there, and a stale request must not open a
@@ -249,7 +259,23 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             return;
         };
         *self.counters.closed.entry(reason.kind()).or_default() += 1;
-        tracked.group.lock().forget(&tracked.member);
+        let flaps = {
+            let mut state = tracked.group.lock();
+            state.forget(&tracked.member);
+            // A connection that fails soon after it opened (a peer at its client
+            // limit, say) is no better than a failed connect: its replacements back
+            // off exponentially too, or the pool would reconnect in a tight loop.
+            let age = Instant::now().saturating_duration_since(tracked.member.created);
+            if reason.is_requested() {
+                0
+            } else if age < self.config.backoff_max {
+                state.flaps = state.flaps.saturating_add(1);
+                state.flaps
+            } else {
+                state.flaps = 0;
+                0
+            }
+        };
         self.checks.remove(&id);
         self.draining.retain(|held| held.member.id != id);
         tracing::debug!(parent: &self.span, authority = %tracked.group.authority, %id, %reason, "connection closed");
@@ -257,6 +283,8 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         // whose server restarted does not reconnect all at once.
         let delay = if reason.is_requested() {
             Duration::ZERO
+        } else if flaps > 0 {
+            self.backoff(flaps + 1)
         } else {
             jitter(self.config.backoff_base)
         };

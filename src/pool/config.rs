@@ -8,50 +8,52 @@ use crate::ConfigError;
 ///
 /// Capacity settings (`min_idle`, `max_size`) apply to each authority;
 /// `max_connections` caps all authorities together. Build it with
-/// [`PoolConfig::builder`]; `build()` checks that the values make sense together.
+/// [`PoolConfig::builder`], whose setters document each setting and its default;
+/// `build()` checks that the values make sense together, and a config exists only
+/// once checked. `Debug` shows the values.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct PoolConfig {
     /// Connections kept open per authority even when nobody uses them.
-    pub min_idle: usize,
+    pub(crate) min_idle: usize,
     /// Connections per authority, at most.
-    pub max_size: usize,
+    pub(crate) max_size: usize,
     /// Connections across all authorities, at most.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Checkouts queued per authority, at most; past it checkouts fail at once.
-    pub max_waiters: usize,
+    pub(crate) max_waiters: usize,
     /// How long a checkout waits for a connection.
-    pub checkout_timeout: Duration,
+    pub(crate) checkout_timeout: Duration,
     /// How long one connect attempt may take (around the connector's own timeout).
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// A connection idle for longer than this is pinged before a checkout gets it.
-    pub test_on_checkout_after: Option<Duration>,
+    pub(crate) test_on_checkout_after: Option<Duration>,
     /// Idle connections are pinged this often.
-    pub health_check_interval: Option<Duration>,
+    pub(crate) health_check_interval: Option<Duration>,
     /// How long a health-check ping may take before the connection is discarded.
-    pub health_check_timeout: Duration,
+    pub(crate) health_check_timeout: Duration,
     /// Idle connections above `min_idle` close after this long unused.
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     /// Connections are replaced after this long, less a random tenth at most.
-    pub max_lifetime: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
     /// The first delay before reconnecting after a failure.
-    pub backoff_base: Duration,
+    pub(crate) backoff_base: Duration,
     /// The longest delay between reconnect attempts.
-    pub backoff_max: Duration,
+    pub(crate) backoff_max: Duration,
     /// Consecutive connect failures after which an authority is marked down.
-    pub failure_threshold: u32,
+    pub(crate) failure_threshold: u32,
     /// Calls in flight per connection past which shared use opens another connection.
-    pub grow_threshold: usize,
+    pub(crate) grow_threshold: usize,
     /// How long a returned lease with calls still in flight may take to go quiet
     /// before its connection is closed instead of reused.
-    pub return_drain_timeout: Duration,
+    pub(crate) return_drain_timeout: Duration,
     /// Whether connections are reused; if not, every checkout gets a fresh one.
-    pub reuse: bool,
+    pub(crate) reuse: bool,
     /// How often the pool reaps idle and expired connections and tops up `min_idle`.
-    pub maintenance_interval: Duration,
+    pub(crate) maintenance_interval: Duration,
     /// How long `Drain` and `Close` wait for connections to close when they name no
     /// timeout.
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -131,9 +133,9 @@ impl PoolConfigBuilder {
         self
     }
 
-    /// Checkouts queued per authority, at most; past it a checkout fails at once with
-    /// [`PoolError::TooManyWaiters`](crate::PoolError::TooManyWaiters). 0 means a
-    /// checkout never waits. Defaults to 4096.
+    /// Checkouts queued per authority, at most (at least 1); past it a checkout fails
+    /// at once with [`PoolError::TooManyWaiters`](crate::PoolError::TooManyWaiters).
+    /// Defaults to 4096.
     pub fn max_waiters(mut self, max: usize) -> Self {
         self.config.max_waiters = max;
         self
@@ -146,8 +148,8 @@ impl PoolConfigBuilder {
         self
     }
 
-    /// How long one connect attempt may take, on top of the connector's own timeout.
-    /// Defaults to 10 seconds.
+    /// How long one connect attempt may take in all; it bounds the connector's own
+    /// timeout from above. Defaults to 10 seconds.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
@@ -256,6 +258,21 @@ impl PoolConfigBuilder {
         PoolConfig::check_sizes(c.min_idle, c.max_size)?;
         if c.max_connections == 0 {
             return Err(ConfigError::new("max_connections", "must be at least 1"));
+        }
+        if c.min_idle > c.max_connections {
+            return Err(ConfigError::new(
+                "min_idle",
+                format!(
+                    "{} is more than max_connections {}",
+                    c.min_idle, c.max_connections
+                ),
+            ));
+        }
+        if c.max_waiters == 0 {
+            return Err(ConfigError::new(
+                "max_waiters",
+                "must be at least 1 (a checkout waits at least for the connection opened for it)",
+            ));
         }
         let positive = [
             ("checkout_timeout", c.checkout_timeout),

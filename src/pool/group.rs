@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::lease::{Lease, SharedConnection};
-use super::messages::{Demand, Returned, ReturnedBecause};
+use super::messages::{Demand, Detached, Returned, ReturnedBecause};
 use super::{Pool, PoolConfig};
 use crate::connection::InFlightGauge;
 use crate::protocol::Protocol;
@@ -51,8 +51,9 @@ pub(crate) struct Member<C: Connector, P: Protocol> {
     pub(crate) created: Instant,
     pub(crate) expires: Option<Instant>,
     place: AtomicU8,
-    /// Whether a lease ever had it; set with the lock held.
-    used: AtomicBool,
+    /// Whether it was handed out for shared use; set with the lock held. Such a
+    /// member is never leased: a lease is exclusive.
+    shared: AtomicBool,
     /// Whether the actor is closing it; set with the lock held.
     retiring: AtomicBool,
 }
@@ -72,7 +73,7 @@ impl<C: Connector, P: Protocol> Member<C, P> {
             created,
             expires,
             place: AtomicU8::new(Place::Busy as u8),
-            used: AtomicBool::new(false),
+            shared: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
         }
     }
@@ -182,6 +183,8 @@ pub(crate) struct GroupState<C: Connector, P: Protocol> {
     pub(crate) phase: Phase,
     /// Consecutive connect failures.
     pub(crate) failures: u32,
+    /// Consecutive connections that failed soon after opening.
+    pub(crate) flaps: u32,
     pub(crate) down: bool,
     pub(crate) last_connect_error: Option<ConnectError>,
     /// A `Demand` is on its way to the actor; set so bursts send one.
@@ -210,7 +213,9 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         let have = self.members - self.retiring + self.connecting;
         let for_min = (self.min_idle + self.replacing).saturating_sub(have);
         let for_waiters = self.waiting_demand().saturating_sub(self.connecting);
-        let for_growth = usize::from(self.grow_wanted);
+        // One growth connection at a time: the next one is wanted only if the load
+        // still calls for it once this one is open.
+        let for_growth = usize::from(self.grow_wanted && self.connecting == 0);
         for_min.max(for_waiters).max(for_growth)
     }
 
@@ -257,6 +262,14 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         Some(waiter)
     }
 
+    fn remove_waiter_at(&mut self, at: usize) -> Option<Waiter<C, P>> {
+        let waiter = self.waiters.remove(at)?;
+        if matches!(waiter, Waiter::Shared { .. }) {
+            self.shared_waiters -= 1;
+        }
+        Some(waiter)
+    }
+
     /// Takes a waiter out of the queue; `None` if it was served (or failed) already.
     fn remove_waiter(&mut self, id: u64) -> Option<Waiter<C, P>> {
         let at = self.waiters.iter().position(|waiter| waiter.id() == id)?;
@@ -267,8 +280,8 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         Some(waiter)
     }
 
-    /// Fails every waiter with `error`. The waiters are returned so the caller drops
-    /// them after unlocking.
+    /// Fails every waiter with `error` (sending an error drops nothing that would
+    /// take the lock again).
     pub(crate) fn fail_waiters(&mut self, error: &PoolError) {
         while let Some(waiter) = self.pop_waiter() {
             self.counters.failed += 1;
@@ -288,19 +301,31 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     /// connection stopped (their `Closed` event not yet handled by the actor) are set
     /// aside as busy; that event counts them out.
     fn pop_live_idle(&mut self) -> Option<Idle<C, P>> {
-        while let Some(idle) = self.idle.pop() {
-            if idle.member.addr.connected() {
-                return Some(idle);
+        let mut at = self.idle.len();
+        while at > 0 {
+            at -= 1;
+            let member = &self.idle[at].member;
+            if !member.addr.connected() {
+                let dead = self.idle.remove(at);
+                self.make_busy(&dead.member);
+            } else if !member.shared.load(Ordering::Relaxed) {
+                return Some(self.idle.remove(at));
             }
-            self.make_busy(&idle.member);
         }
         None
     }
 
-    /// The idle member with the fewest calls in flight, and that number. Ties go
-    /// round robin: the gauges count only calls a connection has written, so a burst
-    /// of callers would otherwise all see zeros and pile onto the first member.
-    fn least_loaded(&mut self) -> Option<(usize, Arc<Member<C, P>>)> {
+    /// The member in shared use with the fewest calls in flight, and that number.
+    /// Ties go round robin: the gauges count only calls a connection has written, so
+    /// a burst of callers would otherwise all see zeros and pile onto the first one.
+    /// An idle member not yet shared is recruited when none is shared, or when every
+    /// shared one has `grow_threshold` calls in flight. The pick counts as use for the
+    /// idle timeout.
+    fn least_loaded(
+        &mut self,
+        grow_threshold: usize,
+        now: Instant,
+    ) -> Option<(usize, Arc<Member<C, P>>)> {
         let mut at = 0;
         while at < self.idle.len() {
             if self.idle[at].member.addr.connected() {
@@ -316,16 +341,37 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         }
         let start = self.next_shared % count;
         self.next_shared = self.next_shared.wrapping_add(1);
-        let mut best: Option<(usize, &Arc<Member<C, P>>)> = None;
+        let mut best: Option<(usize, usize)> = None;
+        let mut unshared = None;
         for offset in 0..count {
-            let member = &self.idle[(start + offset) % count].member;
+            let at = (start + offset) % count;
+            let member = &self.idle[at].member;
+            if !member.shared.load(Ordering::Relaxed) {
+                // The most recently idle one, as an exclusive checkout would take.
+                unshared = Some(unshared.map_or(at, |other: usize| other.max(at)));
+                continue;
+            }
             let load = member.gauge.get();
             match best {
                 Some((least, _)) if least <= load => {}
-                _ => best = Some((load, member)),
+                _ => best = Some((load, at)),
             }
         }
-        best.map(|(load, member)| (load, member.clone()))
+        let at = match (best, unshared) {
+            (Some((load, at)), _) if load < grow_threshold => at,
+            (_, Some(recruit)) => {
+                self.idle[recruit]
+                    .member
+                    .shared
+                    .store(true, Ordering::Relaxed);
+                recruit
+            }
+            (Some((_, at)), None) => at,
+            (None, None) => return None,
+        };
+        let idle = &mut self.idle[at];
+        idle.since = now;
+        Some((idle.member.gauge.get(), idle.member.clone()))
     }
 
     /// Takes an idle member out for the actor (a check or retirement).
@@ -428,6 +474,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 max_size,
                 phase: Phase::Open,
                 failures: 0,
+                flaps: 0,
                 down: false,
                 last_connect_error: None,
                 demand_signalled: false,
@@ -460,11 +507,31 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             };
             match attempt {
                 Attempt::Taken(lease, idle_since) => {
-                    if self.passes_test(&lease, idle_since).await {
+                    let Some(after) = self.config.test_on_checkout_after else {
+                        return Ok(lease);
+                    };
+                    let now = Instant::now();
+                    if now.saturating_duration_since(idle_since) < after {
                         return Ok(lease);
                     }
-                    // Its connection failed the ping; try the next one.
+                    // Testing counts against the checkout's timeout like waiting does.
+                    let deadline = crate::connection::later(*started.get_or_insert(now), timeout);
+                    if self.passes_test(&lease, deadline).await {
+                        return Ok(lease);
+                    }
+                    // Its connection failed the ping; try the next one, in time.
                     self.discard(lease.into_member(), ReturnedBecause::FailedTest);
+                    if Instant::now() >= deadline {
+                        let mut state = self.lock();
+                        state.counters.timed_out += 1;
+                        let last_connect_error = state.last_connect_error.clone();
+                        drop(state);
+                        return Err(PoolError::Timeout {
+                            authority: self.authority.clone(),
+                            waited: started.map_or(Duration::ZERO, |started| started.elapsed()),
+                            last_connect_error,
+                        });
+                    }
                 }
                 Attempt::Queued(id, receiver, started) => {
                     return self.wait(id, receiver, started, timeout).await;
@@ -488,12 +555,13 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         if state.waiters.is_empty() {
             if let Some(idle) = state.pop_live_idle() {
                 idle.member.set_place(Place::Leased);
-                idle.member.used.store(true, Ordering::Relaxed);
                 state.leased += 1;
                 state.counters.direct += 1;
+                // A periodic check counts as use for the test on checkout.
+                let last_known_good = idle.since.max(idle.checked);
                 return Ok(Attempt::Taken(
                     Lease::new(self.clone(), idle.member),
-                    idle.since,
+                    last_known_good,
                 ));
             }
         }
@@ -514,15 +582,13 @@ impl<C: Connector, P: Protocol> Group<C, P> {
 
     /// Whether a connection fresh from the idle stack may be handed out: one idle
     /// for longer than `test_on_checkout_after` must answer a ping first.
-    async fn passes_test(&self, lease: &Lease<C, P>, idle_since: Instant) -> bool {
-        let Some(after) = self.config.test_on_checkout_after else {
-            return true;
-        };
-        if idle_since.elapsed() < after {
-            return true;
-        }
+    async fn passes_test(&self, lease: &Lease<C, P>, deadline: Instant) -> bool {
         let ping = lease.addr().send(Ping);
-        match tokio::time::timeout(self.config.health_check_timeout, ping).await {
+        let bound = deadline.min(crate::connection::later(
+            Instant::now(),
+            self.config.health_check_timeout,
+        ));
+        match tokio::time::timeout_at(bound, ping).await {
             Ok(Ok(Ok(_rtt))) => true,
             _ => {
                 self.lock().counters.tests_failed += 1;
@@ -601,7 +667,8 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             state.counters.refused += 1;
             return Err(error);
         }
-        if let Some((load, member)) = state.least_loaded() {
+        if let Some((load, member)) = state.least_loaded(self.config.grow_threshold, Instant::now())
+        {
             state.counters.shared += 1;
             if load >= self.config.grow_threshold && !state.grow_wanted {
                 state.grow_wanted = true;
@@ -639,9 +706,10 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         });
     }
 
-    /// Hands `member` to the longest waiter, or makes it idle. `since` is when it
-    /// became idle. Returns it back if nobody wants it and the phase says not to keep
-    /// it (the caller closes it).
+    /// Hands `member` (counted in `members` only) to the longest waiter it may
+    /// serve, or makes it idle. `since` is when it became idle. Returns it, counted
+    /// as busy, if nobody wants it and the phase says not to keep it (the caller
+    /// closes it).
     pub(crate) fn offer(
         self: &Arc<Self>,
         state: &mut GroupState<C, P>,
@@ -649,16 +717,27 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         since: Instant,
         checked: Instant,
     ) -> Option<Arc<Member<C, P>>> {
-        while let Some(waiter) = state.pop_waiter() {
+        let mut at = 0;
+        while at < state.waiters.len() {
+            let shared_only = member.shared.load(Ordering::Relaxed);
+            if shared_only && matches!(state.waiters[at], Waiter::Exclusive { .. }) {
+                // A member in shared use is never leased; this waiter keeps its
+                // place for an unshared one.
+                at += 1;
+                continue;
+            }
+            let Some(waiter) = state.remove_waiter_at(at) else {
+                break;
+            };
             match waiter {
                 Waiter::Shared { tx, .. } => {
+                    member.shared.store(true, Ordering::Relaxed);
                     state.counters.shared += 1;
                     let shared = SharedConnection::new(member.clone(), self.authority.clone());
                     drop(tx.send(Ok(shared)));
                 }
                 Waiter::Exclusive { tx, since, .. } => {
                     member.set_place(Place::Leased);
-                    member.used.store(true, Ordering::Relaxed);
                     state.leased += 1;
                     match tx.send(Ok(Lease::new(self.clone(), member))) {
                         Ok(()) => {
@@ -678,6 +757,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             }
         }
         if state.phase != Phase::Open {
+            state.make_busy(&member);
             return Some(member);
         }
         member.set_place(Place::Idle);
@@ -720,16 +800,16 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             None
         };
         state.leased -= 1;
-        let rest = match because {
+        let (member, because) = match because {
             None => match self.offer(&mut state, member, now, now) {
                 None => return,
                 Some(member) => (member, ReturnedBecause::Retire),
             },
-            Some(because) => (member, because),
+            Some(because) => {
+                state.make_busy(&member);
+                (member, because)
+            }
         };
-        let (member, because) = rest;
-        member.set_place(Place::Busy);
-        state.busy += 1;
         drop(state);
         // Loses nothing that matters: if the actor is gone, so is the pool.
         self.pool.do_send(Returned {
@@ -748,6 +828,10 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             member.set_place(Place::Detached);
             self.signal_demand(&mut state);
         }
+        drop(state);
+        // The actor forgets it, so that nothing of the pool keeps the connection
+        // alive once its borrower drops the address.
+        self.pool.do_send(Detached { id: member.id });
     }
 
     /// Takes a lease's member back to be closed: its borrower found it unfit.

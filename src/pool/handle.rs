@@ -120,14 +120,31 @@ impl<C: Connector, P: Protocol> PoolBuilder<C, P> {
     }
 
     /// Starts the pool and waits until every registered authority has `min_idle`
-    /// connections (eager start). Fails with the first connect error, after closing
-    /// the pool.
+    /// connections (eager start). Fails with the first connect error, or with
+    /// [`PoolError::Timeout`] if an authority is not filled within `checkout_timeout`
+    /// (the global cap leaves no room, say), after closing the pool.
     pub async fn build(self) -> Result<PoolHandle<C, P>, PoolError> {
         let authorities = self.authorities.clone();
+        // A failed connect is reported within `connect_timeout`; an authority that
+        // cannot fill up must not hang the start either.
+        let bound = self
+            .config
+            .checkout_timeout
+            .max(self.config.connect_timeout);
         let handle = self.start();
         for authority in authorities {
-            let ready = handle.pool.send(AwaitReady { authority }).await;
-            match ready.unwrap_or(Err(PoolError::Closed)) {
+            let ready = handle.pool.send(AwaitReady {
+                authority: authority.clone(),
+            });
+            let ready = match tokio::time::timeout(bound, ready).await {
+                Ok(ready) => ready.unwrap_or(Err(PoolError::Closed)),
+                Err(_) => Err(PoolError::Timeout {
+                    authority,
+                    waited: bound,
+                    last_connect_error: None,
+                }),
+            };
+            match ready {
                 Ok(()) => {}
                 Err(error) => {
                     handle.close().await;
@@ -241,11 +258,7 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
         min_idle: usize,
         max_size: usize,
     ) -> Result<(), ConfigError> {
-        let resize = Resize {
-            authority: authority.clone(),
-            min_idle,
-            max_size,
-        };
+        let resize = Resize::new(authority.clone(), min_idle, max_size);
         // A stopped pool has nothing to resize.
         self.pool.send(resize).await.unwrap_or(Ok(()))
     }

@@ -28,6 +28,7 @@ use crate::{Authority, Call, CallError, Connection, ConnectionId};
 ///
 /// It dereferences to the connection's address, so `lease.send(Call::new(..))`
 /// works; [`Lease::call`] does the same and flattens the error.
+#[must_use = "dropping a lease returns its connection at once"]
 pub struct Lease<C: Connector, P: Protocol> {
     group: Arc<Group<C, P>>,
     /// `None` once the member was handed back or detached (drop does nothing then).
@@ -81,7 +82,8 @@ impl<C: Connector, P: Protocol> Lease<C, P> {
     }
 
     /// Takes the connection out of the pool: the pool forgets it (and opens another if
-    /// it needs one), and it lives as long as the returned address is used.
+    /// it needs one). It is the caller's now: it closes when its last address is
+    /// dropped (gracefully, within its `close_timeout`), or on `Close`/`Abort`.
     pub fn detach(self) -> Addr<Connection<C::Io, P>> {
         let group = self.group.clone();
         let member = self.into_member();

@@ -156,6 +156,7 @@ pub enum ShutdownOutcome {
 /// growing opens connections up to the new `min_idle`.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<(), ConfigError>")]
+#[non_exhaustive]
 pub struct Resize {
     /// Which authority (registered if new).
     pub authority: Authority,
@@ -163,6 +164,17 @@ pub struct Resize {
     pub min_idle: usize,
     /// The new `max_size`.
     pub max_size: usize,
+}
+
+impl Resize {
+    /// Sets `authority`'s `min_idle` and `max_size`.
+    pub fn new(authority: Authority, min_idle: usize, max_size: usize) -> Self {
+        Self {
+            authority,
+            min_idle,
+            max_size,
+        }
+    }
 }
 
 /// A snapshot of a pool.
@@ -326,6 +338,15 @@ pub(crate) struct Returned<C: Connector, P: Protocol> {
 }
 
 impl<C: Connector, P: Protocol> Message for Returned<C, P> {
+    type Result = ();
+}
+
+/// A lease's connection was detached: the pool forgets it.
+pub(crate) struct Detached {
+    pub(crate) id: ConnectionId,
+}
+
+impl Message for Detached {
     type Result = ();
 }
 

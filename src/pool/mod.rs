@@ -80,7 +80,7 @@ use crate::{
 };
 use group::{Group, Member, Phase, Place};
 use handle::Registry;
-use messages::{AwaitReady, Demand, Register, Returned, ReturnedBecause};
+use messages::{AwaitReady, Demand, Detached, Register, Returned, ReturnedBecause};
 
 /// Starts a connection somewhere (another arbiter) and returns its address.
 pub(crate) type Placement<C, P> = Box<
@@ -181,6 +181,8 @@ pub struct Pool<C: Connector, P: Protocol> {
     /// Taken out of the idle stack for a health check.
     checks: FxHashMap<ConnectionId, Held<C, P>>,
     ready: Vec<(Authority, oneshot::Sender<Result<(), PoolError>>)>,
+    /// Connections seen stopped at the last maintenance tick but still tracked.
+    suspects: rustc_hash::FxHashSet<ConnectionId>,
     shutdown: Option<Shutdown>,
     counters: PoolCounters,
     span: tracing::Span,
@@ -246,6 +248,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             drain_tick: None,
             checks: FxHashMap::default(),
             ready: Vec::new(),
+            suspects: Default::default(),
             shutdown: None,
             counters: PoolCounters::default(),
             span: tracing::debug_span!("pool"),
@@ -477,6 +480,19 @@ impl<C: Connector, P: Protocol> Handler<Returned<C, P>> for Pool<C, P> {
     }
 }
 
+impl<C: Connector, P: Protocol> Handler<Detached> for Pool<C, P> {
+    type Result = ();
+
+    /// Forgets a detached connection: it belongs to its borrower now.
+    fn handle(&mut self, detached: Detached, _: &mut Context<Self>) {
+        if let Some(tracked) = self.tracked.get(&detached.id) {
+            if tracked.member.place() == Place::Detached {
+                self.tracked.remove(&detached.id);
+            }
+        }
+    }
+}
+
 impl<C: Connector, P: Protocol> Handler<ConnectionEvent> for Pool<C, P> {
     type Result = ();
 
@@ -509,6 +525,10 @@ impl<C: Connector, P: Protocol> Handler<Resize> for Pool<C, P> {
     /// Changes an authority's limits; closes idle connections above the new size.
     fn handle(&mut self, resize: Resize, ctx: &mut Context<Self>) -> Self::Result {
         PoolConfig::check_sizes(resize.min_idle, resize.max_size)?;
+        if self.phase != Phase::Open {
+            // Shutting down: nothing to size, and no authority to open.
+            return Ok(());
+        }
         let group = self.group_for(&resize.authority, ctx);
         let mut surplus = Vec::new();
         {

@@ -40,9 +40,11 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             while at < state.idle.len() {
                 let above_min = state.members - state.retiring > state.min_idle;
                 let idle = &state.idle[at];
-                let idle_for_too_long = config
-                    .idle_timeout
-                    .is_some_and(|t| later(idle.since, t) <= now);
+                // A member in shared use with calls in flight is busy, not idle.
+                let idle_for_too_long = idle.member.gauge.get() == 0
+                    && config
+                        .idle_timeout
+                        .is_some_and(|t| later(idle.since, t) <= now);
                 let expired = idle.member.expires.is_some_and(|e| e <= now);
                 let check_due = config
                     .health_check_interval
@@ -70,6 +72,21 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             // Expired members at `min_idle` stay in service until their replacements
             // connect; then they are above the minimum and go.
             state.replacing = expired_at_min;
+            if expired_at_min > 0 && state.room() == 0 && state.retiring == 0 {
+                // No room for a replacement (`min_idle == max_size`): retire one
+                // expired member at a time, a dip of one below `min_idle`, or none
+                // would ever be replaced.
+                let oldest = state
+                    .idle
+                    .iter()
+                    .position(|idle| idle.member.expires.is_some_and(|e| e <= now));
+                if let Some(at) = oldest {
+                    let idle = state.take_idle(at);
+                    state.mark_retiring(&idle.member);
+                    state.replacing -= 1;
+                    lifetime_expired.push(idle.member);
+                }
+            }
         }
         for member in &idle_expired {
             self.counters.idle_expired += 1;
@@ -87,8 +104,30 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
 
     pub(super) fn maintain(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
+        self.forget_silent_deaths(ctx);
         for group in self.registry.all() {
             self.maintain_group(&group, now, ctx);
+        }
+    }
+
+    /// Counts out connections whose actor stopped without a `Closed` event (one
+    /// started on an arbiter that had stopped, say): seen dead at two maintenance
+    /// ticks in a row, so an event still in the mailbox is not pre-empted.
+    fn forget_silent_deaths(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<ConnectionId> = self
+            .tracked
+            .iter()
+            .filter(|(_, tracked)| !tracked.member.addr.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        let suspects = std::mem::take(&mut self.suspects);
+        for id in dead {
+            if suspects.contains(&id) {
+                tracing::warn!(parent: &self.span, %id, "connection stopped without a Closed event");
+                self.on_closed(id, crate::CloseReason::Stopped, ctx);
+            } else {
+                self.suspects.insert(id);
+            }
         }
     }
 
@@ -147,9 +186,6 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         }
         state.busy -= 1;
         let unwanted = group.offer(&mut state, member, since, Instant::now());
-        if let Some(member) = &unwanted {
-            state.make_busy(member);
-        }
         drop(state);
         if let Some(member) = unwanted {
             self.retire(&group, &member, true);
