@@ -100,6 +100,9 @@ impl<C: Connector, P: Protocol> PoolBuilder<C, P> {
 
     /// Starts the pool in the current arbiter without waiting for connections (lazy
     /// start: registered authorities fill up to `min_idle` in the background).
+    ///
+    /// The pool runs until [`Close`] or [`Drain`] completes (or its arbiter stops),
+    /// also when every handle is dropped: its connections hold its address.
     pub fn start(self) -> PoolHandle<C, P> {
         let registry = Arc::new(Registry::new());
         let shared = registry.clone();
@@ -109,7 +112,8 @@ impl<C: Connector, P: Protocol> PoolBuilder<C, P> {
 
     /// Starts the pool under an [`actix::Supervisor`]: if it stops (after a
     /// [`Close`], say) it restarts afresh with the same address and counters, and
-    /// opens its authorities again.
+    /// opens its authorities again. Such a pool stops for good only with its
+    /// arbiter or system.
     pub fn start_supervised(self) -> PoolHandle<C, P> {
         let registry = Arc::new(Registry::new());
         let shared = registry.clone();

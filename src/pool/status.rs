@@ -8,6 +8,15 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         let mut authorities = Vec::new();
         let mut connections = 0;
         let mut counters = self.counters.clone();
+        // One pass over the connections, bucketed by group; places are read below
+        // with each group's lock held, so a snapshot's counts agree with its list.
+        let mut by_group: FxHashMap<*const Group<C, P>, Vec<&Tracked<C, P>>> = FxHashMap::default();
+        for tracked in self.tracked.values() {
+            by_group
+                .entry(Arc::as_ptr(&tracked.group))
+                .or_default()
+                .push(tracked);
+        }
         for group in self.registry.all() {
             let state = group.lock();
             let c = state.counters;
@@ -21,10 +30,10 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             sum.shared += c.shared;
             sum.tests_failed += c.tests_failed;
             connections += state.members;
-            let members = self
-                .tracked
-                .values()
-                .filter(|tracked| Arc::ptr_eq(&tracked.group, &group))
+            let members = by_group
+                .get(&Arc::as_ptr(&group))
+                .into_iter()
+                .flatten()
                 .filter_map(|tracked| {
                     let state = match tracked.member.place() {
                         Place::Idle => MemberState::Idle,
