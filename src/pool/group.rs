@@ -717,6 +717,12 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         since: Instant,
         checked: Instant,
     ) -> Option<Arc<Member<C, P>>> {
+        if !member.addr.connected() {
+            // Its connection stopped already (its `Closed` event, or the actor's
+            // check for a silent death, counts it out): nobody may have it.
+            state.make_busy(&member);
+            return None;
+        }
         let mut at = 0;
         while at < state.waiters.len() {
             let shared_only = member.shared.load(Ordering::Relaxed);

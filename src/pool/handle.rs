@@ -126,7 +126,8 @@ impl<C: Connector, P: Protocol> PoolBuilder<C, P> {
     /// Starts the pool and waits until every registered authority has `min_idle`
     /// connections (eager start). Fails with the first connect error, or with
     /// [`PoolError::Timeout`] if an authority is not filled within `checkout_timeout`
-    /// (the global cap leaves no room, say), after closing the pool.
+    /// or `connect_timeout`, whichever is longer (the global cap leaves no room,
+    /// say), after closing the pool.
     pub async fn build(self) -> Result<PoolHandle<C, P>, PoolError> {
         let authorities = self.authorities.clone();
         // A failed connect is reported within `connect_timeout`; an authority that

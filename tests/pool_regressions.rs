@@ -1,0 +1,744 @@
+//! Regressions for the Pool review findings: each test states what a user relies on
+//! (named after it, the finding in a comment above), checks it from the outside, and
+//! ends with the pool's counts adding up.
+
+mod pool_support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use actix::Arbiter;
+use pool_support::*;
+use switchboard::pool::{AuthorityStatus, PoolStatus, ShutdownOutcome};
+use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
+use switchboard::transport::MemoryNetwork;
+use switchboard::{
+    Call, ConnectionConfig, ConnectionId, Lease, Pool, PoolBuilder, PoolConfig, PoolError,
+};
+use tokio::time::Instant;
+
+type TestLease = Lease<ScriptedConnector, FrameProtocol>;
+
+fn builder(
+    connector: &ScriptedConnector,
+    server: &Server,
+    config: PoolConfig,
+) -> PoolBuilder<ScriptedConnector, FrameProtocol> {
+    Pool::builder(connector.clone(), FrameProtocol::default())
+        .config(config)
+        .connection(connection_config())
+        .authority(server.authority())
+}
+
+/// A server, a scripted connector and an eagerly built pool over them.
+async fn start(config: PoolConfig) -> (Server, ScriptedConnector, TestPool) {
+    let network = MemoryNetwork::new();
+    let server = Server::start(&network, "db");
+    let connector = ScriptedConnector::new(&network);
+    let pool = within(
+        WAIT,
+        "eager build",
+        builder(&connector, &server, config).build(),
+    )
+    .await
+    .expect("eager build connects");
+    (server, connector, pool)
+}
+
+fn ids(status: &AuthorityStatus) -> BTreeSet<ConnectionId> {
+    status.connections.iter().map(|c| c.id).collect()
+}
+
+async fn status(pool: &TestPool) -> PoolStatus {
+    pool.status().await.expect("pool running")
+}
+
+/// Calls through a lease and checks the reply is this call's own.
+async fn echo(lease: &TestLease, text: &str) {
+    let reply = within(WAIT, "call", lease.call(FrameRequest::new(text.to_owned())))
+        .await
+        .expect("call answered");
+    assert_eq!(&reply[..], text.as_bytes());
+}
+
+/// The sum of the pool's close counters.
+fn closed(status: &PoolStatus) -> u64 {
+    status.counters.closed.values().sum()
+}
+
+// Finding: a supervised pool restarted while its authority was marked down lost its
+// probe with the old context and never connected again.
+#[actix::test]
+async fn a_supervised_pool_restarted_while_its_authority_is_down_reconnects_once_it_is_back() {
+    tokio::time::pause();
+    let network = MemoryNetwork::new();
+    let server = Server::start(&network, "db");
+    let a = server.authority();
+    let connector = ScriptedConnector::new(&network);
+    connector.set_gate(Gate::Refuse);
+    let backoff_max = Duration::from_millis(500);
+    let config = config()
+        .min_idle(1)
+        .max_size(2)
+        .failure_threshold(3)
+        .backoff_max(backoff_max)
+        .build()
+        .unwrap();
+    let pool = builder(&connector, &server, config).start_supervised();
+    let down = until(&pool, WAIT, |s| s.down).await;
+    assert_eq!(down.counters.marked_down, 1);
+    let error = pool.checkout(&a).await.unwrap_err();
+    assert!(matches!(error, PoolError::Down { .. }), "{error:?}");
+
+    // Closed, and so restarted by its supervisor, while still down.
+    let outcome = within(WAIT, "close", pool.close()).await;
+    assert_eq!(outcome, ShutdownOutcome::Clean);
+    let restarted = status(&pool).await;
+    assert!(only(&restarted).down, "{restarted:#?}");
+    let failures_at_restart = only(&restarted).consecutive_failures;
+
+    // Still refused: the restarted pool keeps probing.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let probing = status(&pool).await;
+    assert!(only(&probing).down);
+    assert!(
+        only(&probing).consecutive_failures > failures_at_restart,
+        "no probe since the restart: {probing:#?}"
+    );
+
+    // The authority is back: a checkout succeeds within backoff_max.
+    connector.set_gate(Gate::Open);
+    let opened = Instant::now();
+    let margin = Duration::from_millis(100);
+    let lease = loop {
+        match pool.checkout(&a).await {
+            Ok(lease) => break lease,
+            Err(PoolError::Down { .. }) => {}
+            Err(other) => panic!("expected Down until a probe connects, got {other:?}"),
+        }
+        assert!(
+            opened.elapsed() <= backoff_max + margin,
+            "still down {:?} after the authority came back",
+            opened.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    echo(&lease, "back").await;
+    drop(lease);
+
+    // A supervised pool restarts after every close, so end without closing it.
+    let settled = assert_settled(&pool, &server).await;
+    let authority = only(&settled);
+    assert!(!authority.down);
+    assert_eq!(authority.size, 1);
+    assert_eq!(authority.idle, 1);
+    assert_eq!(settled.counters.created, 1);
+    assert_eq!(server.accepted(), 1);
+    assert_eq!(authority.consecutive_failures, 0);
+    assert!(settled.counters.connect_failures >= u64::from(only(&probing).consecutive_failures));
+    // Every attempt but the one that connected failed.
+    assert_eq!(
+        settled.counters.connect_failures,
+        connector.attempts() as u64 - 1
+    );
+}
+
+// Finding: a connection handed out for shared use stayed on the idle stack and could
+// also be leased, so a lease was not exclusive (and returning it could abort the
+// shared calls in flight).
+#[actix::test]
+async fn a_lease_never_gets_a_connection_that_is_in_shared_use() {
+    tokio::time::pause();
+    let config = config()
+        .min_idle(1)
+        .max_size(3)
+        .return_drain_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let (server, _connector, pool) = start(config).await;
+    let a = server.authority();
+
+    let shared = pool.shared(&a).await.unwrap();
+    let slow = {
+        let shared = shared.clone();
+        actix::spawn(async move { shared.call(FrameRequest::new("sleep:1000")).await })
+    };
+    settle().await;
+    assert_eq!(shared.in_flight(), 1);
+
+    // The only connection is in shared use: the checkout gets a new one of its own.
+    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
+    assert_ne!(lease.id(), shared.id(), "leased a connection in shared use");
+    assert_eq!(lease.in_flight(), 0, "someone else's call on a lease");
+    echo(&lease, "mine").await;
+    // Shared use stays on its connection; a second lease is exclusive too.
+    let again = pool.shared(&a).await.unwrap();
+    assert_eq!(again.id(), shared.id());
+    let second = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
+    assert!(![shared.id(), lease.id()].contains(&second.id()));
+    echo(&second, "mine too").await;
+    let out = status(&pool).await;
+    assert_eq!(only(&out).size, 3, "{out:#?}");
+    assert_eq!(only(&out).leased, 2);
+    assert_consistent(only(&out));
+    // At max_size, with only the shared one idle, a checkout waits rather than share.
+    let error = pool
+        .checkout_within(&a, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PoolError::Timeout { .. }), "{error:?}");
+
+    // Returning the leases leaves the shared call alone: it is answered, not aborted.
+    drop(lease);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = within(WAIT, "shared call", slow)
+        .await
+        .unwrap()
+        .expect("the shared call is answered");
+    assert_eq!(&reply[..], b"sleep:1000");
+
+    let settled = finish_without_leaks(&pool, &server).await;
+    assert_eq!(only(&settled).size, 3);
+    assert_eq!(settled.counters.returned_in_flight, 0);
+    assert_eq!(settled.counters.drain_timeouts, 0);
+    assert_eq!(closed(&settled), 0, "{settled:#?}");
+    assert_eq!(settled.counters.created, 3);
+}
+
+// Finding: a connection started on an arbiter that had stopped never sends a Closed
+// event, and stayed counted in the pool's size for ever.
+#[actix::test]
+async fn a_connection_placed_on_a_stopped_arbiter_is_counted_out() {
+    tokio::time::pause();
+    let network = MemoryNetwork::new();
+    let server = Server::start(&network, "db");
+    let a = server.authority();
+    let connector = ScriptedConnector::new(&network);
+    let arbiter = Arbiter::new();
+    let stopped = arbiter.handle();
+    arbiter.stop();
+    arbiter.join().expect("arbiter thread ends");
+    assert!(!stopped.alive());
+
+    let maintenance = Duration::from_millis(100);
+    let config = config()
+        .min_idle(1)
+        .max_size(2)
+        .maintenance_interval(maintenance)
+        .build()
+        .unwrap();
+    // Connections go to the stopped arbiter and to this one in turn: the first one
+    // never runs.
+    let pool = builder(&connector, &server, config)
+        .arbiters(vec![stopped, Arbiter::current()])
+        .start();
+    let first = until(&pool, WAIT, |s| s.size == 1 && s.connecting == 0).await;
+    let dead = only(&first).connections[0].id;
+
+    // A checkout does not get it: a live connection opens for it.
+    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
+    assert_ne!(lease.id(), dead);
+    echo(&lease, "live").await;
+
+    // Within a few maintenance rounds the dead one is counted out.
+    let counted_out = until(&pool, maintenance * 5, |s| s.size == 1 && s.busy == 0).await;
+    let authority = only(&counted_out);
+    assert!(!ids(authority).contains(&dead), "{counted_out:#?}");
+    assert_eq!(authority.leased, 1);
+    assert_consistent(authority);
+    assert_eq!(counted_out.counters.closed.get("stopped"), Some(&1));
+    drop(lease);
+
+    let settled = finish_without_leaks(&pool, &server).await;
+    assert_eq!(only(&settled).size, 1);
+    assert_eq!(only(&settled).idle, 1);
+    assert_eq!(settled.counters.created, 2);
+    assert_eq!(closed(&settled), 1);
+    assert_eq!(server.accepted(), 2);
+}
+
+// Finding: an eager build whose min_idle the global cap could never fill waited for
+// ever (min_idle above max_connections, or several authorities sharing the cap).
+#[actix::test]
+async fn an_eager_build_the_global_cap_cannot_fill_is_refused_or_times_out() {
+    tokio::time::pause();
+    // One authority wanting more than the cap: the config itself is refused.
+    let error = PoolConfig::builder()
+        .min_idle(3)
+        .max_size(5)
+        .max_connections(2)
+        .build()
+        .unwrap_err();
+    assert_eq!(error.field(), "min_idle");
+    assert!(error.to_string().contains("max_connections"), "{error}");
+
+    // Two authorities each wanting 2 under a cap of 3: the second cannot fill.
+    let network = MemoryNetwork::new();
+    let one = Server::start(&network, "db");
+    let two = Server::start(&network, "other");
+    let checkout_timeout = Duration::from_secs(2);
+    let config = config()
+        .min_idle(2)
+        .max_size(2)
+        .max_connections(3)
+        .checkout_timeout(checkout_timeout)
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let built = within(
+        checkout_timeout * 3,
+        "eager build",
+        builder(&ScriptedConnector::new(&network), &one, config)
+            .authority(two.authority())
+            .build(),
+    )
+    .await;
+    let took = started.elapsed();
+    match built {
+        Err(PoolError::Timeout { authority, .. }) => assert_eq!(authority, two.authority()),
+        other => panic!("expected Timeout for the second authority, got {other:?}"),
+    }
+    assert!(took >= checkout_timeout, "{took:?}");
+    assert!(
+        took <= checkout_timeout + Duration::from_millis(100),
+        "{took:?}"
+    );
+
+    // The cap held, and the pool the build started is closed with its connections.
+    assert_eq!(one.accepted(), 2);
+    assert_eq!(two.accepted(), 1);
+    until_server_open(&one, 0, WAIT).await;
+    until_server_open(&two, 0, WAIT).await;
+}
+
+// Finding: the test on checkout ran outside the checkout timeout, so n silent idle
+// connections made a checkout take n × health_check_timeout.
+#[actix::test]
+async fn a_checkout_testing_silent_idle_connections_ends_within_checkout_timeout() {
+    tokio::time::pause();
+    let checkout_timeout = Duration::from_secs(3);
+    let health_check_timeout = Duration::from_secs(2);
+    let config = config()
+        .min_idle(4)
+        .max_size(4)
+        .test_on_checkout_after(Some(Duration::from_secs(1)))
+        .health_check_timeout(health_check_timeout)
+        .checkout_timeout(checkout_timeout)
+        .build()
+        .unwrap();
+    let (server, _connector, pool) = start(config).await;
+    let a = server.authority();
+    let ready = until(&pool, WAIT, |s| s.idle == 4).await;
+    let silent = ids(only(&ready));
+    assert_eq!(server.mute_all(), 4);
+    // Idle past test_on_checkout_after: each must answer a ping first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let started = Instant::now();
+    let result = within(WAIT * 4, "checkout", pool.checkout(&a)).await;
+    let took = started.elapsed();
+    assert!(
+        took <= checkout_timeout + Duration::from_millis(50),
+        "a checkout took {took:?}, past its timeout of {checkout_timeout:?}"
+    );
+    assert!(took < health_check_timeout * 2, "{took:?}");
+    match result {
+        Err(PoolError::Timeout { .. }) => {}
+        Ok(lease) => {
+            assert!(!silent.contains(&lease.id()), "handed out a silent one");
+            echo(&lease, "fresh").await;
+        }
+        Err(other) => panic!("expected Timeout or a working lease, got {other:?}"),
+    }
+
+    // The silent ones it tried were closed and replaced; the rest wait, still idle.
+    let settled = finish_without_leaks(&pool, &server).await;
+    let failed = settled.counters.checkouts.tests_failed;
+    assert!((1..=2).contains(&failed), "{settled:#?}");
+    assert_eq!(settled.counters.health_check_failures, failed);
+    assert_eq!(settled.counters.closed.get("aborted"), Some(&failed));
+    assert_eq!(settled.counters.created, 4 + failed);
+    assert_eq!(only(&settled).size, 4);
+    assert_eq!(only(&settled).idle, 4);
+}
+
+// Finding: shared use asked for another connection on every call past the grow
+// threshold while one was still connecting, opening up to max_size at once.
+#[actix::test]
+async fn shared_growth_opens_one_connection_at_a_time() {
+    tokio::time::pause();
+    let config = config()
+        .min_idle(1)
+        .max_size(10)
+        .grow_threshold(1)
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (server, connector, pool) = start(config).await;
+    let a = server.authority();
+    let first = pool.shared(&a).await.unwrap();
+    let call = |shared: switchboard::SharedConnection<ScriptedConnector, FrameProtocol>| {
+        actix::spawn(async move { shared.call(FrameRequest::new("sleep:3000")).await })
+    };
+    let mut calls = vec![call(first.clone())];
+    settle().await;
+    assert_eq!(first.in_flight(), 1, "loaded past grow_threshold");
+
+    // Connects hang: 20 shared calls ask for growth, one connect is under way.
+    connector.set_gate(Gate::Hang);
+    let attempts = connector.attempts();
+    for n in 0..20 {
+        let shared = within(WAIT, "shared", pool.shared(&a)).await.unwrap();
+        assert_eq!(shared.id(), first.id(), "the only connection");
+        calls.push(call(shared));
+        settle().await;
+        let now = status(&pool).await;
+        assert!(
+            only(&now).connecting <= 1,
+            "{} connects at once after {} shared calls: {now:#?}",
+            only(&now).connecting,
+            n + 1
+        );
+    }
+    assert_eq!(connector.attempts() - attempts, 1, "one growth connect");
+
+    // Connects work again: the hung one times out, and at most one more opens.
+    connector.set_gate(Gate::Open);
+    until(&pool, WAIT, |s| {
+        assert!(s.connecting <= 1, "{s:#?}");
+        calls.iter().all(|call| call.is_finished())
+    })
+    .await;
+    for call in calls {
+        let reply = within(WAIT, "shared call", call).await.unwrap();
+        assert_eq!(&reply.expect("shared call answered")[..], b"sleep:3000");
+    }
+    let settled = finish_without_leaks(&pool, &server).await;
+    assert!(only(&settled).size <= 2, "{settled:#?}");
+    assert_eq!(settled.counters.connect_failures, 1);
+    assert_eq!(settled.counters.created, only(&settled).size as u64);
+    assert_eq!(server.accepted(), only(&settled).size);
+}
+
+// Finding: connections that a peer closed right after accepting them were replaced
+// after a constant backoff_base, a tight reconnect loop.
+#[actix::test]
+async fn a_peer_that_drops_every_connection_at_once_is_reconnected_to_with_exponential_backoff() {
+    tokio::time::pause();
+    let network = MemoryNetwork::new();
+    let server = Server::start(&network, "db");
+    let a = server.authority();
+    let connector = ScriptedConnector::new(&network);
+    let backoff_max = Duration::from_secs(2);
+    let config = config()
+        .min_idle(1)
+        .max_size(1)
+        .backoff_base(Duration::from_millis(50))
+        .backoff_max(backoff_max)
+        .build()
+        .unwrap();
+    let pool = builder(&connector, &server, config).start();
+
+    // The peer closes every connection it accepts, for 10 s.
+    let window = Duration::from_secs(10);
+    let peer = {
+        let server = server.clone();
+        actix::spawn(async move {
+            let end = Instant::now() + window;
+            while Instant::now() < end {
+                server.kill_all();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    within(window + WAIT, "flapping peer", peer).await.unwrap();
+    let attempts = connector.attempts();
+    // A constant delay of backoff_base (jittered down to half of it) makes 200 or
+    // more attempts in 10 s; doubling from backoff_base up to backoff_max, about a
+    // dozen.
+    assert!(
+        attempts <= 20,
+        "{attempts} connects in {window:?}: no exponential backoff"
+    );
+    assert!(attempts >= 5, "{attempts}: the pool gave up");
+    let flapping = status(&pool).await;
+    assert_consistent(only(&flapping));
+    assert!(only(&flapping).size <= 1);
+
+    // The peer behaves again: the next connection stays, within backoff_max.
+    tokio::time::sleep(backoff_max + Duration::from_millis(100)).await;
+    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
+    echo(&lease, "stays").await;
+    drop(lease);
+    let settled = finish_without_leaks(&pool, &server).await;
+    assert_eq!(only(&settled).size, 1);
+    assert_eq!(settled.counters.created, server.accepted() as u64);
+    assert_eq!(
+        closed(&settled),
+        settled.counters.created - 1,
+        "{settled:#?}"
+    );
+    assert_eq!(server.accepted(), connector.attempts());
+}
+
+// Finding: with min_idle == max_size there was never room for a replacement, so
+// max_lifetime was not enforced.
+#[actix::test]
+async fn max_lifetime_is_enforced_when_min_idle_equals_max_size() {
+    tokio::time::pause();
+    let lifetime = Duration::from_secs(1);
+    let maintenance = Duration::from_millis(100);
+    let config = config()
+        .min_idle(2)
+        .max_size(2)
+        .max_lifetime(Some(lifetime))
+        .maintenance_interval(maintenance)
+        .build()
+        .unwrap();
+    let (server, _connector, pool) = start(config).await;
+    let a = server.authority();
+    let original = ids(only(&status(&pool).await));
+    assert_eq!(original.len(), 2);
+
+    // Replaced one at a time: never more than one below min_idle, one always idle.
+    let at_most_one_down = |s: &AuthorityStatus| {
+        assert!(s.size >= 1, "{s:#?}");
+        assert!(s.idle >= 1, "nothing to check out while replacing: {s:#?}");
+        assert_consistent(s);
+    };
+    let replaced = until(&pool, lifetime * 4, |s| {
+        at_most_one_down(s);
+        s.size == 2 && s.busy == 0 && s.connecting == 0 && ids(s).is_disjoint(&original)
+    })
+    .await;
+    let expired = replaced.counters.lifetime_expired;
+    assert!(expired >= 2, "{replaced:#?}");
+    assert_eq!(replaced.counters.closed.get("closed"), Some(&expired));
+    assert_eq!(replaced.counters.created, 2 + expired);
+
+    // And it goes on, generation after generation.
+    let end = Instant::now() + lifetime * 3;
+    let later = until(&pool, lifetime * 4, |s| {
+        at_most_one_down(s);
+        Instant::now() >= end && s.busy == 0 && s.connecting == 0
+    })
+    .await;
+    assert!(later.counters.lifetime_expired >= expired + 4, "{later:#?}");
+    assert!(
+        only(&later)
+            .connections
+            .iter()
+            .all(|c| c.age <= lifetime + maintenance * 3),
+        "{later:#?}"
+    );
+    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
+    echo(&lease, "young").await;
+    drop(lease);
+
+    let settled = finish_without_leaks(&pool, &server).await;
+    assert_eq!(only(&settled).size, 2);
+    assert_eq!(
+        settled.counters.created,
+        2 + settled.counters.lifetime_expired
+    );
+    assert_eq!(closed(&settled), settled.counters.lifetime_expired);
+}
+
+// Finding: idle_timeout reaped a connection in steady shared use (a shared pick did
+// not count as use), failing the calls that followed on it.
+#[actix::test]
+async fn a_connection_in_steady_shared_use_is_not_reaped_by_idle_timeout() {
+    tokio::time::pause();
+    let idle_timeout = Duration::from_secs(1);
+    let config = config()
+        .min_idle(0)
+        .max_size(1)
+        .idle_timeout(Some(idle_timeout))
+        .maintenance_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let (server, _connector, pool) = start(config).await;
+    let a = server.authority();
+
+    // Five idle timeouts of back-to-back calls, the connection asked for anew each
+    // burst of two.
+    let mut used = BTreeSet::new();
+    let mut calls = 0;
+    let started = Instant::now();
+    while started.elapsed() < idle_timeout * 5 {
+        let shared = within(WAIT, "shared", pool.shared(&a)).await.unwrap();
+        used.insert(shared.id());
+        for _ in 0..2 {
+            let reply = within(WAIT, "call", shared.call(FrameRequest::new("sleep:100")))
+                .await
+                .unwrap_or_else(|error| panic!("call {calls} failed: {error}"));
+            assert_eq!(&reply[..], b"sleep:100");
+            calls += 1;
+        }
+    }
+    assert!(calls >= 40, "{calls}");
+    assert_eq!(used.len(), 1, "reaped in use: {used:?}");
+    let busy = status(&pool).await;
+    assert_eq!(busy.counters.idle_expired, 0, "{busy:#?}");
+    assert_eq!(busy.counters.created, 1);
+
+    // Once the use stops, it idles out as usual.
+    let reaped = until(&pool, idle_timeout * 3, |s| s.size == 0 && s.busy == 0).await;
+    assert_eq!(reaped.counters.idle_expired, 1);
+    let settled = finish_without_leaks(&pool, &server).await;
+    assert_eq!(only(&settled).size, 0);
+    assert_eq!(closed(&settled), 1);
+    assert_eq!(settled.counters.checkouts.shared, calls / 2);
+}
+
+// Finding: the pool kept a detached connection's address, so the connection never
+// closed when its new owner dropped it.
+#[actix::test]
+async fn a_detached_connection_closes_once_its_owner_drops_every_address() {
+    tokio::time::pause();
+    let close_timeout = Duration::from_secs(1);
+    let connection = ConnectionConfig::builder()
+        .heartbeat_interval(Duration::from_secs(5))
+        .heartbeat_timeout(Duration::from_secs(15))
+        .close_timeout(close_timeout)
+        .build()
+        .unwrap();
+    let network = MemoryNetwork::new();
+    let server = Server::start(&network, "db");
+    let a = server.authority();
+    let config = config().min_idle(1).max_size(2).build().unwrap();
+    let pool = within(
+        WAIT,
+        "eager build",
+        builder(&ScriptedConnector::new(&network), &server, config)
+            .connection(connection)
+            .build(),
+    )
+    .await
+    .unwrap();
+
+    let lease = pool.checkout(&a).await.unwrap();
+    let id = lease.id();
+    let addr = lease.detach();
+    let copy = addr.clone();
+    // Out of the pool's counts; the pool tops up to min_idle without it.
+    let topped = until(&pool, WAIT, |s| s.idle == 1 && s.connecting == 0).await;
+    assert!(!ids(only(&topped)).contains(&id));
+    assert_eq!(only(&topped).size, 1);
+    assert_consistent(only(&topped));
+    until_server_open(&server, 2, WAIT).await;
+
+    // The owner's now: it works, and stays open while an address is left.
+    let reply = within(
+        WAIT,
+        "call",
+        copy.send(Call::new(FrameRequest::new("owned"))),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&reply[..], b"owned");
+    drop(copy);
+    tokio::time::sleep(close_timeout * 2).await;
+    assert_eq!(server.open(), 2, "closed with an address left");
+
+    // The last address goes: it closes within its close_timeout.
+    drop(addr);
+    let dropped = Instant::now();
+    until_server_open(&server, 1, close_timeout + Duration::from_millis(100)).await;
+    assert!(
+        dropped.elapsed() <= close_timeout,
+        "{:?}",
+        dropped.elapsed()
+    );
+
+    // Neither counted nor replaced by the pool.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let settled = finish_without_leaks(&pool, &server).await;
+    assert_eq!(only(&settled).size, 1);
+    assert!(!ids(only(&settled)).contains(&id));
+    assert_eq!(settled.counters.created, 2);
+    assert_eq!(closed(&settled), 0, "{settled:#?}");
+}
+
+// Finding: a Resize naming a new authority while the pool drained registered it and
+// opened connections, which kept the drain from ending cleanly.
+#[actix::test]
+async fn resizing_a_new_authority_while_draining_opens_nothing_and_the_drain_ends_clean() {
+    tokio::time::pause();
+    let network = MemoryNetwork::new();
+    let server = Server::start(&network, "db");
+    let other = Server::start(&network, "other");
+    let a = server.authority();
+    let config = config()
+        .min_idle(1)
+        .max_size(2)
+        .shutdown_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let pool = within(
+        WAIT,
+        "eager build",
+        builder(&ScriptedConnector::new(&network), &server, config).build(),
+    )
+    .await
+    .unwrap();
+    // A lease out keeps the drain going while the resize comes in.
+    let lease = pool.checkout(&a).await.unwrap();
+    let drain = {
+        let pool = pool.clone();
+        actix::spawn(async move { pool.drain().await })
+    };
+    settle().await;
+    assert!(matches!(pool.checkout(&a).await, Err(PoolError::Draining)));
+
+    within(WAIT, "resize", pool.resize(&other.authority(), 2, 2))
+        .await
+        .expect("a valid resize is not an error");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        other.accepted(),
+        0,
+        "connected to a new authority while draining"
+    );
+    let draining = status(&pool).await;
+    assert!(
+        draining.authority(&other.authority()).is_none(),
+        "{draining:#?}"
+    );
+    let authority = only(&draining);
+    assert_eq!(authority.size, 1);
+    assert_eq!(authority.leased, 1);
+    assert_consistent(authority);
+    assert!(!drain.is_finished(), "the drain waits for the lease");
+    echo(&lease, "still mine").await;
+
+    let returned = Instant::now();
+    drop(lease);
+    let outcome = within(WAIT, "drain", drain).await.unwrap();
+    assert_eq!(outcome, ShutdownOutcome::Clean);
+    assert!(
+        returned.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        returned.elapsed()
+    );
+    until_server_open(&server, 0, WAIT).await;
+    assert_eq!(server.accepted(), 1);
+    assert_eq!(other.accepted(), 0);
+    assert!(matches!(pool.status().await, Err(PoolError::Closed)));
+}
+
+// Finding: max_waiters(0) was accepted, and then not even the checkout a connection
+// was opened for could wait for it.
+#[test]
+fn max_waiters_of_zero_is_a_config_error() {
+    let error = PoolConfig::builder().max_waiters(0).build().unwrap_err();
+    assert_eq!(error.field(), "max_waiters");
+    assert!(error.to_string().contains("max_waiters"), "{error}");
+    PoolConfig::builder()
+        .max_waiters(1)
+        .build()
+        .expect("one waiter is fine");
+}
