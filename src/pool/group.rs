@@ -695,7 +695,9 @@ impl<C: Connector, P: Protocol> Group<C, P> {
 
     /// Tells the actor this group wants connections, once per burst.
     pub(crate) fn signal_demand(self: &Arc<Self>, state: &mut GroupState<C, P>) {
-        if state.demand_signalled || state.wanted() == 0 {
+        // At `max_size` the actor could open nothing: a waiter is served by a return,
+        // and the actor would only be woken for nothing, once per waiter.
+        if state.demand_signalled || state.wanted().min(state.room()) == 0 {
             return;
         }
         state.demand_signalled = true;
