@@ -192,6 +192,9 @@ where
 /// state, without a round trip through the actor; only checkouts that must wait
 /// involve the actor (to open connections). The same operations are available as
 /// messages to [`PoolHandle::addr`] for actors that hold only the address.
+///
+/// Its futures may run on any Tokio runtime (an actix arbiter, or a multi-threaded
+/// Tokio runtime beside the actix system): waiting uses Tokio's timers.
 pub struct PoolHandle<C: Connector, P: Protocol> {
     pool: Addr<Pool<C, P>>,
     registry: Arc<Registry<C, P>>,
