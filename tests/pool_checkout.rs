@@ -6,33 +6,12 @@ mod pool_support;
 use std::time::Duration;
 
 use pool_support::*;
-use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
-use switchboard::transport::MemoryNetwork;
-use switchboard::Pool;
-
-async fn start(min_idle: usize, max_size: usize) -> (Server, ScriptedConnector, TestPool) {
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
-    let connector = ScriptedConnector::new(&network);
-    let config = config()
-        .min_idle(min_idle)
-        .max_size(max_size)
-        .build()
-        .unwrap();
-    let pool = Pool::builder(connector.clone(), FrameProtocol::default())
-        .config(config)
-        .connection(connection_config())
-        .authority(server.authority())
-        .build()
-        .await
-        .expect("eager build connects");
-    (server, connector, pool)
-}
+use switchboard::protocol::frame::FrameRequest;
 
 #[actix::test]
 async fn acquire_call_release() {
     tokio::time::pause();
-    let (server, _, pool) = start(2, 4).await;
+    let (server, _, pool) = start_pool(config().min_idle(2).max_size(4)).await;
     let status = pool.status().await.unwrap();
     assert_eq!(only(&status).size, 2);
     assert_eq!(only(&status).idle, 2);
@@ -66,7 +45,7 @@ async fn acquire_call_release() {
 #[actix::test]
 async fn waiters_grow_the_pool_up_to_max_size_then_queue() {
     tokio::time::pause();
-    let (server, _, pool) = start(0, 3).await;
+    let (server, _, pool) = start_pool(config().min_idle(0).max_size(3)).await;
     let a = server.authority();
     let mut leases = Vec::new();
     for _ in 0..3 {
@@ -105,7 +84,7 @@ async fn waiters_grow_the_pool_up_to_max_size_then_queue() {
 #[actix::test]
 async fn checkout_times_out() {
     tokio::time::pause();
-    let (server, _, pool) = start(1, 1).await;
+    let (server, _, pool) = start_pool(config().min_idle(1).max_size(1)).await;
     let a = server.authority();
     let held = pool.checkout(&a).await.unwrap();
     let error = pool

@@ -9,56 +9,9 @@ mod pool_support;
 use std::time::Duration;
 
 use pool_support::*;
-use switchboard::pool::AuthorityStatus;
-use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
-use switchboard::transport::MemoryNetwork;
-use switchboard::{Authority, Call, CallError, ConnectError, Pool, PoolConfig, PoolError};
+use switchboard::protocol::frame::FrameRequest;
+use switchboard::{Authority, Call, CallError, ConnectError, PoolError};
 use tokio::time::Instant;
-
-/// A server, a scripted connector and a pool over them. The pool is started lazily
-/// (`start`), so a connector that fails from the outset does not fail the set-up.
-fn start(config: PoolConfig) -> (Server, ScriptedConnector, TestPool) {
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
-    let connector = ScriptedConnector::new(&network);
-    let pool = Pool::builder(connector.clone(), FrameProtocol::default())
-        .config(config)
-        .connection(connection_config())
-        .authority(server.authority())
-        .start();
-    (server, connector, pool)
-}
-
-/// A checkout in a task of its own, so the test can go on while it waits.
-fn spawn_checkout(
-    pool: &TestPool,
-    authority: &Authority,
-) -> tokio::task::JoinHandle<Result<switchboard::Lease<ScriptedConnector, FrameProtocol>, PoolError>>
-{
-    let (pool, authority) = (pool.clone(), authority.clone());
-    actix::spawn(async move { pool.checkout(&authority).await })
-}
-
-/// Checks that everything went back: nothing leased, nobody waiting, nothing held by
-/// the pool or connecting, and the counts add up. Returns the final status.
-async fn assert_all_returned(pool: &TestPool) -> AuthorityStatus {
-    let status = until(pool, WAIT, |s| {
-        s.leased == 0 && s.waiters == 0 && s.busy == 0 && s.connecting == 0
-    })
-    .await;
-    let status = only(&status).clone();
-    assert_consistent(&status);
-    assert_eq!(status.idle, status.size, "{status:#?}");
-    status
-}
-
-/// Calls through a lease and checks the echo: the connection really works.
-async fn call_through(lease: &switchboard::Lease<ScriptedConnector, FrameProtocol>, what: &str) {
-    let reply = within(WAIT, "call", lease.call(FrameRequest::new(what.to_owned())))
-        .await
-        .unwrap_or_else(|error| panic!("call {what:?} through {:?}: {error}", lease.id()));
-    assert_eq!(&reply[..], what.as_bytes());
-}
 
 fn assert_refused(error: &PoolError, authority: &Authority) {
     match error {
@@ -70,7 +23,7 @@ fn assert_refused(error: &PoolError, authority: &Authority) {
 #[actix::test]
 async fn the_nth_connect_fails_once_and_the_pool_recovers() {
     tokio::time::pause();
-    let (server, connector, pool) = start(config().min_idle(0).max_size(2).build().unwrap());
+    let (server, connector, pool) = start_pool_lazily(config().min_idle(0).max_size(2));
     let a = server.authority();
     connector.fail_attempt(2);
 
@@ -105,8 +58,8 @@ async fn the_nth_connect_fails_once_and_the_pool_recovers() {
         .await
         .unwrap();
     assert_ne!(second.id(), first.id());
-    call_through(&first, "first").await;
-    call_through(&second, "second").await;
+    echo(&first, "first").await;
+    echo(&second, "second").await;
     let status = pool.status().await.unwrap();
     let authority = only(&status);
     assert_eq!(authority.consecutive_failures, 0);
@@ -127,7 +80,7 @@ async fn the_nth_connect_fails_once_and_the_pool_recovers() {
 #[actix::test]
 async fn a_failed_connect_while_filling_min_idle_is_retried() {
     tokio::time::pause();
-    let (server, connector, pool) = start(config().min_idle(3).max_size(3).build().unwrap());
+    let (server, connector, pool) = start_pool_lazily(config().min_idle(3).max_size(3));
     connector.fail_attempt(2);
     let status = until(&pool, WAIT, |s| s.idle == 3).await;
     let authority = only(&status);
@@ -136,9 +89,7 @@ async fn a_failed_connect_while_filling_min_idle_is_retried() {
     assert_eq!(connector.attempts(), 4);
     assert_eq!(server.accepted(), 3);
 
-    let lease = pool.checkout(&server.authority()).await.unwrap();
-    call_through(&lease, "after a failed connect").await;
-    drop(lease);
+    checkout_and_echo(&pool, &server.authority(), "after a failed connect").await;
     let status = assert_all_returned(&pool).await;
     assert_eq!(status.size, 3);
 }
@@ -146,7 +97,7 @@ async fn a_failed_connect_while_filling_min_idle_is_retried() {
 #[actix::test]
 async fn when_connects_always_fail_waiters_get_the_connect_error_not_a_timeout() {
     tokio::time::pause();
-    let (server, connector, pool) = start(config().min_idle(0).max_size(3).build().unwrap());
+    let (server, connector, pool) = start_pool_lazily(config().min_idle(0).max_size(3));
     let a = server.authority();
     connector.set_gate(Gate::Refuse);
 
@@ -174,9 +125,7 @@ async fn when_connects_always_fail_waiters_get_the_connect_error_not_a_timeout()
 
     // Once connects work again, so do checkouts.
     connector.set_gate(Gate::Open);
-    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
-    call_through(&lease, "connected").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "connected").await;
     let status = assert_all_returned(&pool).await;
     assert_eq!(status.consecutive_failures, 0);
     assert!(status.last_connect_error.is_none());
@@ -190,10 +139,8 @@ async fn after_failure_threshold_failures_the_authority_is_down_until_a_probe_co
         .min_idle(0)
         .max_size(1)
         .failure_threshold(3)
-        .backoff_max(backoff_max)
-        .build()
-        .unwrap();
-    let (server, connector, pool) = start(config);
+        .backoff_max(backoff_max);
+    let (server, connector, pool) = start_pool_lazily(config);
     let a = server.authority();
     connector.set_gate(Gate::Refuse);
 
@@ -251,9 +198,7 @@ async fn after_failure_threshold_failures_the_authority_is_down_until_a_probe_co
     assert_eq!(authority.consecutive_failures, 0);
     assert!(authority.last_connect_error.is_none());
 
-    let lease = pool.checkout(&a).await.unwrap();
-    call_through(&lease, "up again").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "up again").await;
     let status = assert_all_returned(&pool).await;
     assert_eq!(status.size, 1);
     assert_eq!(server.accepted(), 1);
@@ -267,10 +212,8 @@ async fn a_hanging_connect_ends_with_connect_timeout() {
         .min_idle(0)
         .max_size(1)
         .connect_timeout(connect_timeout)
-        .checkout_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let (server, connector, pool) = start(config);
+        .checkout_timeout(Duration::from_secs(5));
+    let (server, connector, pool) = start_pool_lazily(config);
     let a = server.authority();
     connector.set_gate(Gate::Hang);
 
@@ -297,9 +240,7 @@ async fn a_hanging_connect_ends_with_connect_timeout() {
     assert_eq!(only(&status).size, 0);
 
     connector.set_gate(Gate::Open);
-    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
-    call_through(&lease, "connected").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "connected").await;
     let status = assert_all_returned(&pool).await;
     assert_eq!(status.size, 1);
 }
@@ -310,10 +251,8 @@ async fn a_checkout_timeout_names_the_last_connect_error() {
     let config = config()
         .min_idle(0)
         .max_size(1)
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let (server, connector, pool) = start(config);
+        .connect_timeout(Duration::from_secs(1));
+    let (server, connector, pool) = start_pool_lazily(config);
     let a = server.authority();
 
     connector.set_gate(Gate::Refuse);
@@ -332,21 +271,11 @@ async fn a_checkout_timeout_names_the_last_connect_error() {
     )
     .await
     .unwrap_err();
-    match &error {
-        PoolError::Timeout {
-            authority,
-            waited,
-            last_connect_error,
-        } => {
-            assert_eq!(authority, &a);
-            assert!(*waited >= patience, "{waited:?}");
-            assert!(
-                matches!(last_connect_error, Some(ConnectError::Refused { .. })),
-                "{last_connect_error:?}"
-            );
-        }
-        other => panic!("expected Timeout, got {other:?}"),
-    }
+    let (_, last_connect_error) = assert_timed_out(&error, &a, patience);
+    assert!(
+        matches!(last_connect_error, Some(ConnectError::Refused { .. })),
+        "{last_connect_error:?}"
+    );
     assert!(
         error.to_string().contains("last connect error"),
         "the message says why: {error}"
@@ -359,9 +288,7 @@ async fn a_checkout_timeout_names_the_last_connect_error() {
         Some(ConnectError::Timeout { .. })
     ));
     connector.set_gate(Gate::Open);
-    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
-    call_through(&lease, "connected").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "connected").await;
     let status = assert_all_returned(&pool).await;
     assert_eq!(status.checkouts.timed_out, 1);
     assert_eq!(status.checkouts.failed, 1);
@@ -371,13 +298,8 @@ async fn a_checkout_timeout_names_the_last_connect_error() {
 async fn calls_in_flight_fail_once_when_the_server_stops_and_capacity_returns_after_restart() {
     tokio::time::pause();
     let backoff_max = Duration::from_millis(500);
-    let config = config()
-        .min_idle(3)
-        .max_size(3)
-        .backoff_max(backoff_max)
-        .build()
-        .unwrap();
-    let (server, _, pool) = start(config);
+    let config = config().min_idle(3).max_size(3).backoff_max(backoff_max);
+    let (server, _, pool) = start_pool_lazily(config);
     let a = server.authority();
     until(&pool, WAIT, |s| s.idle == 3).await;
 
@@ -446,9 +368,7 @@ async fn calls_in_flight_fail_once_when_the_server_stops_and_capacity_returns_af
     assert!(restarted.elapsed() <= backoff_max + Duration::from_millis(50));
     assert!(!only(&status).down);
 
-    let lease = pool.checkout(&a).await.unwrap();
-    call_through(&lease, "after the restart").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "after the restart").await;
     let status = assert_all_returned(&pool).await;
     assert_eq!(status.size, 3);
     assert_eq!(server.accepted(), 6);
@@ -460,13 +380,8 @@ async fn a_waiter_hears_the_connect_error_while_min_idle_connects_fail() {
     tokio::time::pause();
     // Two connects for `min_idle` are always under way; the waiter counts on them
     // (the pool opens nothing extra for it), so their failures are its failures.
-    let config = config()
-        .min_idle(2)
-        .max_size(2)
-        .failure_threshold(100)
-        .build()
-        .unwrap();
-    let (server, connector, pool) = start(config);
+    let config = config().min_idle(2).max_size(2).failure_threshold(100);
+    let (server, connector, pool) = start_pool_lazily(config);
     let a = server.authority();
     connector.set_gate(Gate::Refuse);
 
@@ -485,9 +400,7 @@ async fn a_waiter_hears_the_connect_error_while_min_idle_connects_fail() {
     connector.set_gate(Gate::Open);
     let status = until(&pool, WAIT, |s| s.idle == 2).await;
     assert_eq!(only(&status).checkouts.failed, 1);
-    let lease = pool.checkout(&a).await.unwrap();
-    call_through(&lease, "connected").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "connected").await;
     let status = assert_all_returned(&pool).await;
     assert_eq!(status.size, 2);
 }

@@ -4,44 +4,10 @@
 
 mod pool_support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use pool_support::*;
-use switchboard::pool::{AuthorityStatus, PoolStatus};
-use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
-use switchboard::transport::MemoryNetwork;
-use switchboard::{ConnectionId, Pool, PoolConfig};
 use tokio::time::Instant;
-
-async fn start(config: PoolConfig) -> (Server, TestPool) {
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
-    let pool = Pool::builder(ScriptedConnector::new(&network), FrameProtocol::default())
-        .config(config)
-        .connection(connection_config())
-        .authority(server.authority())
-        .build()
-        .await
-        .expect("eager build connects");
-    (server, pool)
-}
-
-fn ids(status: &AuthorityStatus) -> BTreeSet<ConnectionId> {
-    status.connections.iter().map(|c| c.id).collect()
-}
-
-async fn status(pool: &TestPool) -> PoolStatus {
-    pool.status().await.expect("pool running")
-}
-
-/// Calls through a lease and checks the reply is this call's own.
-async fn echo(lease: &switchboard::Lease<ScriptedConnector, FrameProtocol>, text: &str) {
-    let reply = within(WAIT, "call", lease.call(FrameRequest::new(text.to_owned())))
-        .await
-        .expect("call answered");
-    assert_eq!(&reply[..], text.as_bytes());
-}
 
 #[actix::test]
 async fn idle_timeout_reaps_surplus_but_never_below_min_idle() {
@@ -51,10 +17,8 @@ async fn idle_timeout_reaps_surplus_but_never_below_min_idle() {
         .min_idle(2)
         .max_size(5)
         .idle_timeout(Some(idle_timeout))
-        .maintenance_interval(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .maintenance_interval(Duration::from_secs(1));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
 
     // Five borrowers at once grow the pool to five.
@@ -99,9 +63,7 @@ async fn idle_timeout_reaps_surplus_but_never_below_min_idle() {
     assert_eq!(ids(only(&later)), kept);
     assert_eq!(later.counters.idle_expired, 3);
     assert_eq!(later.counters.created, 5);
-    let lease = pool.checkout(&a).await.unwrap();
-    echo(&lease, "still fine").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "still fine").await;
 
     finish_without_leaks(&pool, &server).await;
 }
@@ -114,10 +76,8 @@ async fn max_lifetime_replaces_connections_without_dipping_below_min_idle() {
         .min_idle(2)
         .max_size(4)
         .max_lifetime(Some(lifetime))
-        .maintenance_interval(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .maintenance_interval(Duration::from_secs(1));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let mut previous = ids(only(&status(&pool).await));
     assert_eq!(previous.len(), 2);
@@ -164,10 +124,8 @@ async fn a_lease_returned_after_its_lifetime_is_replaced() {
     let config = config()
         .min_idle(1)
         .max_size(2)
-        .max_lifetime(Some(lifetime))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .max_lifetime(Some(lifetime));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
 
     let lease = pool.checkout(&a).await.unwrap();
@@ -198,10 +156,8 @@ async fn test_on_checkout_discards_a_silent_connection_and_hands_out_a_good_one(
         .min_idle(1)
         .max_size(2)
         .test_on_checkout_after(Some(Duration::from_secs(1)))
-        .health_check_timeout(health_check_timeout)
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .health_check_timeout(health_check_timeout);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let silent = ids(only(&status(&pool).await));
     assert_eq!(silent.len(), 1);
@@ -256,10 +212,8 @@ async fn health_checks_retire_a_silent_connection_and_top_up_to_min_idle() {
         .max_size(3)
         .health_check_interval(Some(Duration::from_secs(2)))
         .health_check_timeout(Duration::from_millis(500))
-        .maintenance_interval(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .maintenance_interval(Duration::from_secs(1));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let original = ids(only(&status(&pool).await));
     assert_eq!(original.len(), 2);
@@ -316,10 +270,8 @@ async fn health_checks_do_not_keep_surplus_connections_from_idling_out() {
         .max_size(3)
         .idle_timeout(Some(idle_timeout))
         .health_check_interval(Some(Duration::from_secs(3)))
-        .health_check_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .health_check_timeout(Duration::from_millis(500));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let leases = vec![
         pool.checkout(&a).await.unwrap(),
@@ -349,10 +301,8 @@ async fn test_on_checkout_replaces_the_only_connection_when_it_is_silent() {
         .min_idle(1)
         .max_size(1)
         .test_on_checkout_after(Some(Duration::from_secs(1)))
-        .health_check_timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .health_check_timeout(Duration::from_millis(500));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let silent = ids(only(&status(&pool).await));
     assert_eq!(server.mute_all(), 1);

@@ -10,55 +10,12 @@ use std::time::Duration;
 
 use actix::{Actor, Arbiter, Context, Handler, Message, ResponseFuture};
 use pool_support::*;
-use switchboard::pool::{AuthorityStatus, PoolStatus};
 use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
-use switchboard::transport::MemoryNetwork;
-use switchboard::{
-    Call, CallError, CloseReason, ConnectionId, Lease, Pool, PoolBuilder, PoolConfig, PoolError,
-};
+use switchboard::{Call, CallError, CloseReason, PoolError};
 use tokio::time::Instant;
 
-type TestLease = Lease<ScriptedConnector, FrameProtocol>;
-
-fn builder(
-    network: &MemoryNetwork,
-    server: &Server,
-    config: PoolConfig,
-) -> PoolBuilder<ScriptedConnector, FrameProtocol> {
-    Pool::builder(ScriptedConnector::new(network), FrameProtocol::default())
-        .config(config)
-        .connection(connection_config())
-        .authority(server.authority())
-}
-
-async fn start(config: PoolConfig) -> (Server, TestPool) {
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
-    let pool = builder(&network, &server, config)
-        .build()
-        .await
-        .expect("eager build connects");
-    (server, pool)
-}
-
-fn ids(status: &AuthorityStatus) -> BTreeSet<ConnectionId> {
-    status.connections.iter().map(|c| c.id).collect()
-}
-
-async fn status(pool: &TestPool) -> PoolStatus {
-    pool.status().await.expect("pool running")
-}
-
-/// Calls through a lease and checks the reply is this call's own.
-async fn echo(lease: &TestLease, text: &str) {
-    let reply = within(WAIT, "call", lease.call(FrameRequest::new(text.to_owned())))
-        .await
-        .expect("call answered");
-    assert_eq!(&reply[..], text.as_bytes());
-}
-
 /// A checkout running on its own, with the moment it finished.
-fn spawn_checkout(
+fn spawn_checkout_within(
     pool: &TestPool,
     authority: &switchboard::Authority,
     timeout: Duration,
@@ -77,14 +34,12 @@ async fn close_fails_every_waiter_at_once_and_every_later_checkout() {
     let config = config()
         .min_idle(1)
         .max_size(1)
-        .checkout_timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .checkout_timeout(Duration::from_secs(60));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let waiters: Vec<_> = (0..3)
-        .map(|_| spawn_checkout(&pool, &a, Duration::from_secs(60)))
+        .map(|_| spawn_checkout_within(&pool, &a, Duration::from_secs(60)))
         .collect();
     let waiting = until(&pool, WAIT, |s| s.waiters == 3).await;
     assert_consistent(only(&waiting));
@@ -123,15 +78,13 @@ async fn drain_refuses_checkouts_lets_the_lease_finish_then_closes() {
         .min_idle(2)
         .max_size(2)
         .checkout_timeout(Duration::from_secs(60))
-        .shutdown_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .shutdown_timeout(Duration::from_secs(30));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let held = pool.checkout(&a).await.unwrap();
     // Both taken: this one waits in line.
-    let waiter = spawn_checkout(&pool, &a, Duration::from_secs(60));
+    let waiter = spawn_checkout_within(&pool, &a, Duration::from_secs(60));
     until(&pool, WAIT, |s| s.waiters == 1).await;
     let in_flight = {
         let addr = lease.addr().clone();
@@ -177,10 +130,8 @@ async fn drain_waits_for_a_returned_connection_to_go_quiet() {
         .min_idle(2)
         .max_size(2)
         .return_drain_timeout(Duration::from_secs(2))
-        .shutdown_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .shutdown_timeout(Duration::from_secs(30));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let unread = lease.send(Call::new(FrameRequest::new("sleep:500")));
@@ -215,10 +166,8 @@ async fn shut_down_twice(first: Shutdown, second: Shutdown) {
     let config = config()
         .min_idle(2)
         .max_size(2)
-        .shutdown_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .shutdown_timeout(Duration::from_secs(2));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let in_flight = {
@@ -277,8 +226,8 @@ async fn two_drains_together_both_resolve() {
 #[actix::test]
 async fn a_drain_with_a_timeout_aborts_what_is_still_out_when_it_runs_out() {
     tokio::time::pause();
-    let config = config().min_idle(1).max_size(1).build().unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(1).max_size(1);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     echo(&lease, "before").await;
@@ -314,8 +263,8 @@ async fn a_drain_with_a_timeout_aborts_what_is_still_out_when_it_runs_out() {
 #[actix::test]
 async fn a_detached_connection_outlives_the_pool_shutting_down() {
     tokio::time::pause();
-    let config = config().min_idle(2).max_size(2).build().unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(2).max_size(2);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let detached = pool.checkout(&a).await.unwrap().detach();
     until(&pool, WAIT, |s| s.idle == 2 && s.connecting == 0).await;
@@ -355,11 +304,12 @@ async fn a_detached_connection_outlives_the_pool_shutting_down() {
 #[actix::test]
 async fn a_supervised_pool_comes_back_after_close() {
     tokio::time::pause();
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
+    let bed = TestBed::new();
+    let server = bed.server.clone();
     let a = server.authority();
-    let config = config().min_idle(2).max_size(2).build().unwrap();
-    let pool = builder(&network, &server, config).start_supervised();
+    let pool = bed
+        .pool(config().min_idle(2).max_size(2))
+        .start_supervised();
     let ready = until(&pool, WAIT, |s| s.idle == 2).await;
     let before = ids(only(&ready));
     let lease = pool.checkout(&a).await.unwrap();
@@ -393,8 +343,8 @@ async fn a_supervised_pool_comes_back_after_close() {
 #[actix::test]
 async fn detach_takes_a_connection_out_of_the_pool() {
     tokio::time::pause();
-    let config = config().min_idle(2).max_size(3).build().unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(2).max_size(3);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let id = lease.id();
@@ -445,8 +395,8 @@ async fn detach_takes_a_connection_out_of_the_pool() {
 #[actix::test]
 async fn discard_closes_the_connection_and_the_pool_replaces_it() {
     tokio::time::pause();
-    let config = config().min_idle(1).max_size(2).build().unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(1).max_size(2);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let id = lease.id();
@@ -479,8 +429,8 @@ async fn discard_closes_the_connection_and_the_pool_replaces_it() {
 #[actix::test]
 async fn a_discard_is_not_counted_as_a_failed_health_check() {
     tokio::time::pause();
-    let config = config().min_idle(1).max_size(2).build().unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(1).max_size(2);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let id = lease.id();
@@ -500,10 +450,8 @@ async fn a_lease_returned_with_a_call_in_flight_is_held_back_until_quiet() {
     let config = config()
         .min_idle(1)
         .max_size(1)
-        .return_drain_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .return_drain_timeout(Duration::from_secs(1));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
 
     // Round one: nobody waiting. The connection is held (busy) while the reply is
@@ -540,7 +488,7 @@ async fn a_lease_returned_with_a_call_in_flight_is_held_back_until_quiet() {
     drop(unread);
     let returned_at = Instant::now();
     drop(lease);
-    let next = spawn_checkout(&pool, &a, Duration::from_secs(5));
+    let next = spawn_checkout_within(&pool, &a, Duration::from_secs(5));
     let (next, served_at) = within(WAIT, "next borrower", next).await.unwrap();
     let next = next.unwrap();
     assert_eq!(next.id(), id, "the same connection, reused");
@@ -565,10 +513,8 @@ async fn a_returned_connection_still_busy_after_return_drain_timeout_is_closed()
     let config = config()
         .min_idle(1)
         .max_size(1)
-        .return_drain_timeout(drain_timeout)
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .return_drain_timeout(drain_timeout);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let id = lease.id();
@@ -602,13 +548,8 @@ async fn a_returned_connection_still_busy_after_return_drain_timeout_is_closed()
 #[actix::test]
 async fn without_reuse_every_checkout_gets_a_new_connection() {
     tokio::time::pause();
-    let config = config()
-        .min_idle(1)
-        .max_size(2)
-        .reuse(false)
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(1).max_size(2).reuse(false);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let mut seen = BTreeSet::new();
     for n in 0..5 {
@@ -625,7 +566,7 @@ async fn without_reuse_every_checkout_gets_a_new_connection() {
     let second = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
     assert!(seen.insert(first.id()));
     assert!(seen.insert(second.id()));
-    let waiter = spawn_checkout(&pool, &a, Duration::from_secs(5));
+    let waiter = spawn_checkout_within(&pool, &a, Duration::from_secs(5));
     until(&pool, WAIT, |s| s.waiters == 1).await;
     drop(first);
     let (third, _) = within(WAIT, "waiter", waiter).await.unwrap();
@@ -677,8 +618,8 @@ impl Handler<Stop> for Holder {
 #[actix::test]
 async fn a_lease_held_by_an_actor_that_stops_is_returned() {
     tokio::time::pause();
-    let config = config().min_idle(1).max_size(1).build().unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(1).max_size(1);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let lease = pool.checkout(&a).await.unwrap();
     let id = lease.id();
@@ -709,13 +650,8 @@ async fn a_lease_held_by_an_actor_that_stops_is_returned() {
 #[actix::test]
 async fn shared_use_picks_the_least_loaded_and_grows_under_load_up_to_max_size() {
     tokio::time::pause();
-    let config = config()
-        .min_idle(2)
-        .max_size(3)
-        .grow_threshold(2)
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(2).max_size(3).grow_threshold(2);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let mut calls = Vec::new();
     let mut next_ms = 2000;
@@ -782,10 +718,8 @@ async fn shared_growth_ends_when_the_load_does() {
         .min_idle(2)
         .max_size(3)
         .grow_threshold(1)
-        .idle_timeout(Some(idle_timeout))
-        .build()
-        .unwrap();
-    let (server, pool) = start(config).await;
+        .idle_timeout(Some(idle_timeout));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let mut calls = Vec::new();
     // Two connections loaded, the third call grows the pool, the fourth loads the
@@ -820,8 +754,8 @@ async fn shared_growth_ends_when_the_load_does() {
 #[actix::test]
 async fn resize_grows_to_a_new_min_idle_and_shrinks_above_a_new_max_size() {
     tokio::time::pause();
-    let config = config().min_idle(1).max_size(4).build().unwrap();
-    let (server, pool) = start(config).await;
+    let config = config().min_idle(1).max_size(4);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     assert_eq!(only(&status(&pool).await).size, 1);
 
@@ -872,20 +806,12 @@ async fn resize_grows_to_a_new_min_idle_and_shrinks_above_a_new_max_size() {
 /// here would not govern (and would race past while waiting for it).
 #[actix::test]
 async fn connections_placed_on_other_arbiters_serve_calls() {
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
+    let bed = TestBed::new();
+    let server = bed.server.clone();
     let a = server.authority();
     let arbiter = Arbiter::new();
-    let config = config().min_idle(2).max_size(3).build().unwrap();
-    let pool = within(
-        WAIT,
-        "eager build",
-        builder(&network, &server, config)
-            .arbiters(vec![arbiter.handle()])
-            .build(),
-    )
-    .await
-    .unwrap();
+    let config = config().min_idle(2).max_size(3);
+    let pool = build_eagerly(bed.pool(config).arbiters(vec![arbiter.handle()])).await;
 
     let first = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
     let second = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();

@@ -11,55 +11,8 @@ use actix::Arbiter;
 use pool_support::*;
 use switchboard::pool::{AuthorityStatus, PoolStatus, ShutdownOutcome};
 use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
-use switchboard::transport::MemoryNetwork;
-use switchboard::{
-    Call, ConnectionConfig, ConnectionId, Lease, Pool, PoolBuilder, PoolConfig, PoolError,
-};
+use switchboard::{Call, ConnectionConfig, PoolConfig, PoolError};
 use tokio::time::Instant;
-
-type TestLease = Lease<ScriptedConnector, FrameProtocol>;
-
-fn builder(
-    connector: &ScriptedConnector,
-    server: &Server,
-    config: PoolConfig,
-) -> PoolBuilder<ScriptedConnector, FrameProtocol> {
-    Pool::builder(connector.clone(), FrameProtocol::default())
-        .config(config)
-        .connection(connection_config())
-        .authority(server.authority())
-}
-
-/// A server, a scripted connector and an eagerly built pool over them.
-async fn start(config: PoolConfig) -> (Server, ScriptedConnector, TestPool) {
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
-    let connector = ScriptedConnector::new(&network);
-    let pool = within(
-        WAIT,
-        "eager build",
-        builder(&connector, &server, config).build(),
-    )
-    .await
-    .expect("eager build connects");
-    (server, connector, pool)
-}
-
-fn ids(status: &AuthorityStatus) -> BTreeSet<ConnectionId> {
-    status.connections.iter().map(|c| c.id).collect()
-}
-
-async fn status(pool: &TestPool) -> PoolStatus {
-    pool.status().await.expect("pool running")
-}
-
-/// Calls through a lease and checks the reply is this call's own.
-async fn echo(lease: &TestLease, text: &str) {
-    let reply = within(WAIT, "call", lease.call(FrameRequest::new(text.to_owned())))
-        .await
-        .expect("call answered");
-    assert_eq!(&reply[..], text.as_bytes());
-}
 
 /// The sum of the pool's close counters.
 fn closed(status: &PoolStatus) -> u64 {
@@ -71,20 +24,17 @@ fn closed(status: &PoolStatus) -> u64 {
 #[actix::test]
 async fn a_supervised_pool_restarted_while_its_authority_is_down_reconnects_once_it_is_back() {
     tokio::time::pause();
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
+    let bed = TestBed::new();
+    let (server, connector) = (bed.server.clone(), bed.connector.clone());
     let a = server.authority();
-    let connector = ScriptedConnector::new(&network);
     connector.set_gate(Gate::Refuse);
     let backoff_max = Duration::from_millis(500);
     let config = config()
         .min_idle(1)
         .max_size(2)
         .failure_threshold(3)
-        .backoff_max(backoff_max)
-        .build()
-        .unwrap();
-    let pool = builder(&connector, &server, config).start_supervised();
+        .backoff_max(backoff_max);
+    let pool = bed.pool(config).start_supervised();
     let down = until(&pool, WAIT, |s| s.down).await;
     assert_eq!(down.counters.marked_down, 1);
     let error = pool.checkout(&a).await.unwrap_err();
@@ -152,10 +102,8 @@ async fn a_lease_never_gets_a_connection_that_is_in_shared_use() {
     let config = config()
         .min_idle(1)
         .max_size(3)
-        .return_drain_timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let (server, _connector, pool) = start(config).await;
+        .return_drain_timeout(Duration::from_millis(100));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
 
     let shared = pool.shared(&a).await.unwrap();
@@ -211,10 +159,9 @@ async fn a_lease_never_gets_a_connection_that_is_in_shared_use() {
 #[actix::test]
 async fn a_connection_placed_on_a_stopped_arbiter_is_counted_out() {
     tokio::time::pause();
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
+    let bed = TestBed::new();
+    let server = bed.server.clone();
     let a = server.authority();
-    let connector = ScriptedConnector::new(&network);
     let arbiter = Arbiter::new();
     let stopped = arbiter.handle();
     arbiter.stop();
@@ -225,12 +172,11 @@ async fn a_connection_placed_on_a_stopped_arbiter_is_counted_out() {
     let config = config()
         .min_idle(1)
         .max_size(2)
-        .maintenance_interval(maintenance)
-        .build()
-        .unwrap();
+        .maintenance_interval(maintenance);
     // Connections go to the stopped arbiter and to this one in turn: the first one
     // never runs.
-    let pool = builder(&connector, &server, config)
+    let pool = bed
+        .pool(config)
         .arbiters(vec![stopped, Arbiter::current()])
         .start();
     let first = until(&pool, WAIT, |s| s.size == 1 && s.connecting == 0).await;
@@ -274,25 +220,21 @@ async fn an_eager_build_the_global_cap_cannot_fill_is_refused_or_times_out() {
     assert!(error.to_string().contains("max_connections"), "{error}");
 
     // Two authorities each wanting 2 under a cap of 3: the second cannot fill.
-    let network = MemoryNetwork::new();
-    let one = Server::start(&network, "db");
-    let two = Server::start(&network, "other");
+    let bed = TestBed::new();
+    let one = bed.server.clone();
+    let two = Server::start(&bed.network, "other");
     let checkout_timeout = Duration::from_secs(2);
     let config = config()
         .min_idle(2)
         .max_size(2)
         .max_connections(3)
         .checkout_timeout(checkout_timeout)
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
+        .connect_timeout(Duration::from_secs(1));
     let started = Instant::now();
     let built = within(
         checkout_timeout * 3,
         "eager build",
-        builder(&ScriptedConnector::new(&network), &one, config)
-            .authority(two.authority())
-            .build(),
+        bed.pool(config).authority(two.authority()).build(),
     )
     .await;
     let took = started.elapsed();
@@ -325,10 +267,8 @@ async fn a_checkout_testing_silent_idle_connections_ends_within_checkout_timeout
         .max_size(4)
         .test_on_checkout_after(Some(Duration::from_secs(1)))
         .health_check_timeout(health_check_timeout)
-        .checkout_timeout(checkout_timeout)
-        .build()
-        .unwrap();
-    let (server, _connector, pool) = start(config).await;
+        .checkout_timeout(checkout_timeout);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let ready = until(&pool, WAIT, |s| s.idle == 4).await;
     let silent = ids(only(&ready));
@@ -373,10 +313,8 @@ async fn shared_growth_opens_one_connection_at_a_time() {
         .min_idle(1)
         .max_size(10)
         .grow_threshold(1)
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let (server, connector, pool) = start(config).await;
+        .connect_timeout(Duration::from_secs(1));
+    let (server, connector, pool) = start_pool(config).await;
     let a = server.authority();
     let first = pool.shared(&a).await.unwrap();
     let call = |shared: switchboard::SharedConnection<ScriptedConnector, FrameProtocol>| {
@@ -427,19 +365,16 @@ async fn shared_growth_opens_one_connection_at_a_time() {
 #[actix::test]
 async fn a_peer_that_drops_every_connection_at_once_is_reconnected_to_with_exponential_backoff() {
     tokio::time::pause();
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
+    let bed = TestBed::new();
+    let (server, connector) = (bed.server.clone(), bed.connector.clone());
     let a = server.authority();
-    let connector = ScriptedConnector::new(&network);
     let backoff_max = Duration::from_secs(2);
     let config = config()
         .min_idle(1)
         .max_size(1)
         .backoff_base(Duration::from_millis(50))
-        .backoff_max(backoff_max)
-        .build()
-        .unwrap();
-    let pool = builder(&connector, &server, config).start();
+        .backoff_max(backoff_max);
+    let pool = bed.pool(config).start();
 
     // The peer closes every connection it accepts, for 10 s.
     let window = Duration::from_secs(10);
@@ -469,9 +404,7 @@ async fn a_peer_that_drops_every_connection_at_once_is_reconnected_to_with_expon
 
     // The peer behaves again: the next connection stays, within backoff_max.
     tokio::time::sleep(backoff_max + Duration::from_millis(100)).await;
-    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
-    echo(&lease, "stays").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "stays").await;
     let settled = finish_without_leaks(&pool, &server).await;
     assert_eq!(only(&settled).size, 1);
     assert_eq!(settled.counters.created, server.accepted() as u64);
@@ -494,10 +427,8 @@ async fn max_lifetime_is_enforced_when_min_idle_equals_max_size() {
         .min_idle(2)
         .max_size(2)
         .max_lifetime(Some(lifetime))
-        .maintenance_interval(maintenance)
-        .build()
-        .unwrap();
-    let (server, _connector, pool) = start(config).await;
+        .maintenance_interval(maintenance);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let original = ids(only(&status(&pool).await));
     assert_eq!(original.len(), 2);
@@ -533,9 +464,7 @@ async fn max_lifetime_is_enforced_when_min_idle_equals_max_size() {
             .all(|c| c.age <= lifetime + maintenance * 3),
         "{later:#?}"
     );
-    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
-    echo(&lease, "young").await;
-    drop(lease);
+    checkout_and_echo(&pool, &a, "young").await;
 
     let settled = finish_without_leaks(&pool, &server).await;
     assert_eq!(only(&settled).size, 2);
@@ -556,10 +485,8 @@ async fn a_connection_in_steady_shared_use_is_not_reaped_by_idle_timeout() {
         .min_idle(0)
         .max_size(1)
         .idle_timeout(Some(idle_timeout))
-        .maintenance_interval(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let (server, _connector, pool) = start(config).await;
+        .maintenance_interval(Duration::from_millis(100));
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
 
     // Five idle timeouts of back-to-back calls, the connection asked for anew each
@@ -605,19 +532,11 @@ async fn a_detached_connection_closes_once_its_owner_drops_every_address() {
         .close_timeout(close_timeout)
         .build()
         .unwrap();
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
+    let bed = TestBed::new();
+    let server = bed.server.clone();
     let a = server.authority();
-    let config = config().min_idle(1).max_size(2).build().unwrap();
-    let pool = within(
-        WAIT,
-        "eager build",
-        builder(&ScriptedConnector::new(&network), &server, config)
-            .connection(connection)
-            .build(),
-    )
-    .await
-    .unwrap();
+    let config = config().min_idle(1).max_size(2);
+    let pool = build_eagerly(bed.pool(config).connection(connection)).await;
 
     let lease = pool.checkout(&a).await.unwrap();
     let id = lease.id();
@@ -668,23 +587,15 @@ async fn a_detached_connection_closes_once_its_owner_drops_every_address() {
 #[actix::test]
 async fn resizing_a_new_authority_while_draining_opens_nothing_and_the_drain_ends_clean() {
     tokio::time::pause();
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
-    let other = Server::start(&network, "other");
+    let bed = TestBed::new();
+    let server = bed.server.clone();
+    let other = Server::start(&bed.network, "other");
     let a = server.authority();
     let config = config()
         .min_idle(1)
         .max_size(2)
-        .shutdown_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let pool = within(
-        WAIT,
-        "eager build",
-        builder(&ScriptedConnector::new(&network), &server, config).build(),
-    )
-    .await
-    .unwrap();
+        .shutdown_timeout(Duration::from_secs(10));
+    let pool = build_eagerly(bed.pool(config)).await;
     // A lease out keeps the drain going while the resize comes in.
     let lease = pool.checkout(&a).await.unwrap();
     let drain = {

@@ -12,33 +12,28 @@ use std::time::Duration;
 use pool_support::*;
 use switchboard::pool::{AuthorityStatus, Checkout};
 use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
-use switchboard::transport::MemoryNetwork;
-use switchboard::{Authority, CallError, ConnectionId, Pool, PoolConfig, PoolError};
+use switchboard::{Authority, CallError, ConnectionId, PoolError};
 use tokio::time::Instant;
 
-async fn start(config: PoolConfig) -> (Server, ScriptedConnector, TestPool) {
-    let network = MemoryNetwork::new();
-    let server = Server::start(&network, "db");
-    let connector = ScriptedConnector::new(&network);
-    let pool = Pool::builder(connector.clone(), FrameProtocol::default())
-        .config(config)
-        .connection(connection_config())
-        .authority(server.authority())
-        .build()
-        .await
-        .expect("eager build connects");
-    (server, connector, pool)
+/// A pool of `max_size` connections, open before the test starts, and every one of
+/// them leased (`held`): the next checkout waits in line.
+async fn start_with_every_connection_leased(
+    max_size: usize,
+) -> (Server, TestPool, Authority, Vec<TestLease>) {
+    let (server, _, pool) = start_pool(config().min_idle(max_size).max_size(max_size)).await;
+    let a = server.authority();
+    let mut held = Vec::new();
+    for _ in 0..max_size {
+        held.push(pool.checkout(&a).await.unwrap());
+    }
+    (server, pool, a, held)
 }
 
-/// A pool of `max_size` connections, all open before the test starts.
-async fn start_full(max_size: usize) -> (Server, TestPool) {
-    let config = config()
-        .min_idle(max_size)
-        .max_size(max_size)
-        .build()
-        .unwrap();
-    let (server, _, pool) = start(config).await;
-    (server, pool)
+/// A pool of one connection, open before the test starts, and that connection leased
+/// (`held`): the next checkout waits in line.
+async fn start_with_the_only_connection_leased() -> (Server, TestPool, Authority, TestLease) {
+    let (server, pool, a, mut held) = start_with_every_connection_leased(1).await;
+    (server, pool, a, held.remove(0))
 }
 
 /// Waits until exactly `count` checkouts wait in line.
@@ -47,43 +42,12 @@ async fn waiters(pool: &TestPool, count: usize) -> AuthorityStatus {
     only(&status).clone()
 }
 
-/// A checkout in a task of its own, so the test can go on while it waits.
-fn spawn_checkout(
-    pool: &TestPool,
-    authority: &Authority,
-) -> tokio::task::JoinHandle<Result<switchboard::Lease<ScriptedConnector, FrameProtocol>, PoolError>>
-{
-    let (pool, authority) = (pool.clone(), authority.clone());
-    actix::spawn(async move { pool.checkout(&authority).await })
-}
-
-/// Checks that everything went back: nothing leased, nobody waiting, nothing held by
-/// the pool, and the counts add up. Returns the final status.
-async fn assert_all_returned(pool: &TestPool) -> AuthorityStatus {
-    let status = until(pool, WAIT, |s| {
-        s.leased == 0 && s.waiters == 0 && s.busy == 0 && s.connecting == 0
-    })
-    .await;
-    let status = only(&status).clone();
-    assert_consistent(&status);
-    assert_eq!(status.idle, status.size, "{status:#?}");
-    status
-}
-
-/// Calls through a lease and checks the echo: the connection really works.
-async fn call_through(lease: &switchboard::Lease<ScriptedConnector, FrameProtocol>, what: &str) {
-    let reply = within(WAIT, "call", lease.call(FrameRequest::new(what.to_owned())))
-        .await
-        .unwrap_or_else(|error| panic!("call {what:?} through {:?}: {error}", lease.id()));
-    assert_eq!(&reply[..], what.as_bytes());
-}
-
 #[actix::test]
 async fn fifty_waiters_on_two_connections_are_served_in_arrival_order() {
     tokio::time::pause();
     // Empty at first: the first two waiters wait for connections to open, the rest
     // for connections to come back.
-    let (server, _, pool) = start(config().min_idle(0).max_size(2).build().unwrap()).await;
+    let (server, _, pool) = start_pool(config().min_idle(0).max_size(2)).await;
     let a = server.authority();
     let arrived = Rc::new(RefCell::new(Vec::new()));
     let served = Rc::new(RefCell::new(Vec::new()));
@@ -97,7 +61,7 @@ async fn fifty_waiters_on_two_connections_are_served_in_arrival_order() {
             arrived.borrow_mut().push(n);
             let lease = pool.checkout(&a).await?;
             served.borrow_mut().push(n);
-            call_through(&lease, &format!("borrower {n}")).await;
+            echo(&lease, &format!("borrower {n}")).await;
             tokio::time::sleep(Duration::from_millis(10)).await;
             Ok::<_, PoolError>(lease.id())
         }));
@@ -128,9 +92,7 @@ async fn fifty_waiters_on_two_connections_are_served_in_arrival_order() {
 #[actix::test]
 async fn a_returned_connection_goes_to_the_longest_waiter_not_a_newcomer() {
     tokio::time::pause();
-    let (server, pool) = start_full(1).await;
-    let a = server.authority();
-    let held = pool.checkout(&a).await.unwrap();
+    let (_server, pool, a, held) = start_with_the_only_connection_leased().await;
     let id = held.id();
 
     let first = spawn_checkout(&pool, &a);
@@ -158,7 +120,7 @@ async fn a_returned_connection_goes_to_the_longest_waiter_not_a_newcomer() {
 
     drop(second);
     let newcomer = within(WAIT, "newcomer", newcomer).await.unwrap().unwrap();
-    call_through(&newcomer, "newcomer").await;
+    echo(&newcomer, "newcomer").await;
     drop(newcomer);
 
     let status = assert_all_returned(&pool).await;
@@ -169,13 +131,8 @@ async fn a_returned_connection_goes_to_the_longest_waiter_not_a_newcomer() {
 #[actix::test]
 async fn past_max_waiters_a_checkout_fails_at_once() {
     tokio::time::pause();
-    let config = config()
-        .min_idle(1)
-        .max_size(1)
-        .max_waiters(3)
-        .build()
-        .unwrap();
-    let (server, _, pool) = start(config).await;
+    let config = config().min_idle(1).max_size(1).max_waiters(3);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let held = pool.checkout(&a).await.unwrap();
     let mut line: Vec<_> = (0..3)
@@ -217,7 +174,7 @@ async fn past_max_waiters_a_checkout_fails_at_once() {
             .await
             .unwrap()
             .unwrap_or_else(|error| panic!("waiter {n}: {error}"));
-        call_through(&lease, "in line").await;
+        echo(&lease, "in line").await;
     }
 
     let status = assert_all_returned(&pool).await;
@@ -228,9 +185,7 @@ async fn past_max_waiters_a_checkout_fails_at_once() {
 #[actix::test]
 async fn a_waiter_that_times_out_gets_timeout_and_leaves_the_line() {
     tokio::time::pause();
-    let (server, pool) = start_full(1).await;
-    let a = server.authority();
-    let held = pool.checkout(&a).await.unwrap();
+    let (_server, pool, a, held) = start_with_the_only_connection_leased().await;
     let id = held.id();
 
     let patience = Duration::from_millis(300);
@@ -247,19 +202,9 @@ async fn a_waiter_that_times_out_gets_timeout_and_leaves_the_line() {
         .await
         .unwrap()
         .unwrap_err();
-    match &error {
-        PoolError::Timeout {
-            authority,
-            waited,
-            last_connect_error,
-        } => {
-            assert_eq!(authority, &a);
-            assert!(*waited >= patience, "waited {waited:?}");
-            assert!(*waited < patience + Duration::from_millis(50), "{waited:?}");
-            assert!(last_connect_error.is_none(), "{last_connect_error:?}");
-        }
-        other => panic!("expected Timeout, got {other:?}"),
-    }
+    let (waited, last_connect_error) = assert_timed_out(&error, &a, patience);
+    assert!(waited < patience + Duration::from_millis(50), "{waited:?}");
+    assert!(last_connect_error.is_none(), "{last_connect_error:?}");
     assert!(started.elapsed() < patience + Duration::from_millis(50));
     // It left the line: only the patient waiter is still there.
     let status = waiters(&pool, 1).await;
@@ -271,7 +216,7 @@ async fn a_waiter_that_times_out_gets_timeout_and_leaves_the_line() {
         .unwrap()
         .unwrap();
     assert_eq!(lease.id(), id);
-    call_through(&lease, "patient").await;
+    echo(&lease, "patient").await;
     drop(lease);
 
     let status = assert_all_returned(&pool).await;
@@ -282,9 +227,7 @@ async fn a_waiter_that_times_out_gets_timeout_and_leaves_the_line() {
 #[actix::test]
 async fn a_cancelled_checkout_leaves_the_line_and_holds_nothing() {
     tokio::time::pause();
-    let (server, pool) = start_full(1).await;
-    let a = server.authority();
-    let held = pool.checkout(&a).await.unwrap();
+    let (server, pool, a, held) = start_with_the_only_connection_leased().await;
     let id = held.id();
 
     // Given up by a timeout around the checkout future.
@@ -307,7 +250,7 @@ async fn a_cancelled_checkout_leaves_the_line_and_holds_nothing() {
     drop(held);
     let lease = within(WAIT, "next waiter", next).await.unwrap().unwrap();
     assert_eq!(lease.id(), id);
-    call_through(&lease, "after the cancelled ones").await;
+    echo(&lease, "after the cancelled ones").await;
     drop(lease);
 
     // And later checkouts get it straight from the idle stack.
@@ -327,9 +270,7 @@ async fn a_cancelled_checkout_leaves_the_line_and_holds_nothing() {
 #[actix::test]
 async fn a_checkout_cancelled_as_it_is_served_returns_the_connection() {
     tokio::time::pause();
-    let (server, pool) = start_full(1).await;
-    let a = server.authority();
-    let held = pool.checkout(&a).await.unwrap();
+    let (_server, pool, a, held) = start_with_the_only_connection_leased().await;
     let id = held.id();
 
     let waiter = spawn_checkout(&pool, &a);
@@ -345,7 +286,7 @@ async fn a_checkout_cancelled_as_it_is_served_returns_the_connection() {
     assert_eq!(only(&status).leased, 0);
     let lease = pool.checkout(&a).await.unwrap();
     assert_eq!(lease.id(), id);
-    call_through(&lease, "after the abort").await;
+    echo(&lease, "after the abort").await;
     drop(lease);
 
     let status = assert_all_returned(&pool).await;
@@ -388,12 +329,7 @@ fn spawn_borrower(
 #[actix::test]
 async fn connections_killed_while_leased_are_replaced_for_the_waiters() {
     tokio::time::pause();
-    let (server, pool) = start_full(5).await;
-    let a = server.authority();
-    let mut held = Vec::new();
-    for _ in 0..5 {
-        held.push(pool.checkout(&a).await.unwrap());
-    }
+    let (server, pool, a, held) = start_with_every_connection_leased(5).await;
     let old: Vec<ConnectionId> = held.iter().map(|lease| lease.id()).collect();
     let borrowers: Vec<_> = (0..10).map(|n| spawn_borrower(&pool, &a, n, 1)).collect();
     waiters(&pool, 10).await;
@@ -427,12 +363,7 @@ async fn connections_killed_while_leased_are_replaced_for_the_waiters() {
 #[actix::test]
 async fn broken_connections_returned_before_the_pool_notices_do_not_starve_waiters() {
     tokio::time::pause();
-    let (server, pool) = start_full(5).await;
-    let a = server.authority();
-    let mut held = Vec::new();
-    for _ in 0..5 {
-        held.push(pool.checkout(&a).await.unwrap());
-    }
+    let (server, pool, a, held) = start_with_every_connection_leased(5).await;
     let borrowers: Vec<_> = (0..10).map(|n| spawn_borrower(&pool, &a, n, 4)).collect();
     waiters(&pool, 10).await;
 
@@ -462,13 +393,8 @@ async fn broken_connections_returned_before_the_pool_notices_do_not_starve_waite
 #[actix::test]
 async fn the_checkout_message_works_like_the_handle() {
     tokio::time::pause();
-    let config = config()
-        .min_idle(1)
-        .max_size(1)
-        .max_waiters(3)
-        .build()
-        .unwrap();
-    let (server, _, pool) = start(config).await;
+    let config = config().min_idle(1).max_size(1).max_waiters(3);
+    let (server, _, pool) = start_pool(config).await;
     let a = server.authority();
     let send = |checkout: Checkout<ScriptedConnector, FrameProtocol>| {
         let addr = pool.addr().clone();
@@ -481,7 +407,7 @@ async fn the_checkout_message_works_like_the_handle() {
         .unwrap()
         .unwrap();
     let id = lease.id();
-    call_through(&lease, "by message").await;
+    echo(&lease, "by message").await;
 
     // Waits in line with handle checkouts, first come, first served.
     let order = Rc::new(RefCell::new(Vec::new()));
@@ -492,7 +418,7 @@ async fn the_checkout_message_works_like_the_handle() {
                 waiter.await.unwrap();
             let lease = result.unwrap_or_else(|error| panic!("{name}: {error}"));
             order.borrow_mut().push(name);
-            call_through(&lease, name).await;
+            echo(&lease, name).await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         })
     };
@@ -551,9 +477,7 @@ async fn the_checkout_message_works_like_the_handle() {
 
 async fn a_dropped_checkout_message_leaves_the_line() {
     tokio::time::pause();
-    let (server, pool) = start_full(1).await;
-    let a = server.authority();
-    let held = pool.checkout(&a).await.unwrap();
+    let (_server, pool, a, held) = start_with_the_only_connection_leased().await;
     let id = held.id();
 
     // The requester gives up after the pool took the message and queued the checkout.

@@ -19,11 +19,14 @@ use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
 use futures::{FutureExt, SinkExt, StreamExt};
-use switchboard::pool::PoolStatus;
-use switchboard::protocol::frame::{Frame, FrameCodec, FrameKind, FrameProtocol};
+use std::collections::BTreeSet;
+
+use switchboard::pool::{AuthorityStatus, PoolStatus};
+use switchboard::protocol::frame::{Frame, FrameCodec, FrameKind, FrameProtocol, FrameRequest};
 use switchboard::transport::{Connector, MemoryConnector, MemoryNetwork};
 use switchboard::{
-    Authority, ConnectError, ConnectionConfig, PoolConfig, PoolConfigBuilder, PoolHandle,
+    Authority, ConnectError, ConnectionConfig, ConnectionId, Lease, Pool, PoolBuilder, PoolConfig,
+    PoolConfigBuilder, PoolError, PoolHandle,
 };
 use tokio::io::DuplexStream;
 use tokio::sync::oneshot;
@@ -31,6 +34,9 @@ use tokio_util::codec::Framed;
 
 /// The pool type the tests use.
 pub type TestPool = PoolHandle<ScriptedConnector, FrameProtocol>;
+
+/// A lease from the test pool.
+pub type TestLease = Lease<ScriptedConnector, FrameProtocol>;
 
 /// The bound on every wait that should end at once (virtual time: costs nothing).
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -435,4 +441,134 @@ pub async fn assert_settled(pool: &TestPool, server: &Server) -> PoolStatus {
     .await;
     assert_consistent(only(&status));
     status
+}
+
+/// What every pool test stands on: a network with a server listening at `memory://db`
+/// and a scripted connector over that network.
+pub struct TestBed {
+    pub network: MemoryNetwork,
+    pub server: Server,
+    pub connector: ScriptedConnector,
+}
+
+impl Default for TestBed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestBed {
+    pub fn new() -> Self {
+        let network = MemoryNetwork::new();
+        let server = Server::start(&network, "db");
+        let connector = ScriptedConnector::new(&network);
+        Self {
+            network,
+            server,
+            connector,
+        }
+    }
+
+    /// A pool builder over this bed's connector, for the server's authority, with
+    /// `config` and the test connection settings; a test adds what it varies
+    /// (arbiters, other authorities, its own connection settings) and starts it.
+    pub fn pool(&self, config: PoolConfigBuilder) -> PoolBuilder<ScriptedConnector, FrameProtocol> {
+        Pool::builder(self.connector.clone(), FrameProtocol::default())
+            .config(config.build().unwrap())
+            .connection(connection_config())
+            .authority(self.server.authority())
+    }
+}
+
+/// Builds a pool eagerly (bounded): it is ready, `min_idle` connections open.
+pub async fn build_eagerly(builder: PoolBuilder<ScriptedConnector, FrameProtocol>) -> TestPool {
+    within(WAIT, "eager build", builder.build())
+        .await
+        .expect("eager build connects")
+}
+
+/// A server at `memory://db`, a scripted connector and a pool over them with `config`,
+/// built eagerly: its `min_idle` connections are open when this returns.
+pub async fn start_pool(config: PoolConfigBuilder) -> (Server, ScriptedConnector, TestPool) {
+    let bed = TestBed::new();
+    let pool = build_eagerly(bed.pool(config)).await;
+    (bed.server, bed.connector, pool)
+}
+
+/// Like [`start_pool`], but started lazily, so a connector that fails from the outset
+/// does not fail the set-up.
+pub fn start_pool_lazily(config: PoolConfigBuilder) -> (Server, ScriptedConnector, TestPool) {
+    let bed = TestBed::new();
+    let pool = bed.pool(config).start();
+    (bed.server, bed.connector, pool)
+}
+
+/// The pool's status (it must be running).
+pub async fn status(pool: &TestPool) -> PoolStatus {
+    pool.status().await.expect("pool running")
+}
+
+/// The ids of an authority's connections.
+pub fn ids(status: &AuthorityStatus) -> BTreeSet<ConnectionId> {
+    status.connections.iter().map(|c| c.id).collect()
+}
+
+/// Calls through a lease and checks the reply is this call's own: the connection
+/// really works.
+pub async fn echo(lease: &TestLease, text: &str) {
+    let reply = within(WAIT, "call", lease.call(FrameRequest::new(text.to_owned())))
+        .await
+        .unwrap_or_else(|error| panic!("call {text:?} through {:?}: {error}", lease.id()));
+    assert_eq!(&reply[..], text.as_bytes());
+}
+
+/// A checkout in a task of its own, so the test can go on while it waits.
+pub fn spawn_checkout(
+    pool: &TestPool,
+    authority: &Authority,
+) -> tokio::task::JoinHandle<Result<TestLease, PoolError>> {
+    let (pool, authority) = (pool.clone(), authority.clone());
+    actix::spawn(async move { pool.checkout(&authority).await })
+}
+
+/// Checks that everything went back: nothing leased, nobody waiting, nothing held by
+/// the pool or connecting, and the counts add up. Returns the final status.
+pub async fn assert_all_returned(pool: &TestPool) -> AuthorityStatus {
+    let status = until(pool, WAIT, |s| {
+        s.leased == 0 && s.waiters == 0 && s.busy == 0 && s.connecting == 0
+    })
+    .await;
+    let status = only(&status).clone();
+    assert_consistent(&status);
+    assert_eq!(status.idle, status.size, "{status:#?}");
+    status
+}
+
+/// A checkout (bounded) whose connection answers a call: the pool serves again.
+pub async fn checkout_and_echo(pool: &TestPool, authority: &Authority, text: &str) {
+    let lease = within(WAIT, "checkout", pool.checkout(authority))
+        .await
+        .unwrap();
+    echo(&lease, text).await;
+}
+
+/// Checks that `error` is a checkout's `Timeout` at `authority` after waiting at least
+/// `patience`. Returns how long it waited and the last connect error it names.
+pub fn assert_timed_out<'e>(
+    error: &'e PoolError,
+    authority: &Authority,
+    patience: Duration,
+) -> (Duration, &'e Option<ConnectError>) {
+    match error {
+        PoolError::Timeout {
+            authority: at,
+            waited,
+            last_connect_error,
+        } => {
+            assert_eq!(at, authority);
+            assert!(*waited >= patience, "waited {waited:?}");
+            (*waited, last_connect_error)
+        }
+        other => panic!("expected Timeout, got {other:?}"),
+    }
 }
