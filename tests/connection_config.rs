@@ -15,9 +15,9 @@ fn refused(builder: ConnectionConfigBuilder) -> &'static str {
 #[test]
 fn the_defaults_are_valid() {
     let config = ConnectionConfig::builder().build().unwrap();
-    assert!(config.heartbeat_timeout > config.heartbeat_interval);
-    assert!(config.max_in_flight > 0);
-    assert!(config.max_write_buffer > 0);
+    assert!(config.heartbeat_timeout() > config.heartbeat_interval());
+    assert!(config.max_in_flight() > 0);
+    assert!(config.max_write_buffer() > 0);
 }
 
 #[test]
@@ -78,10 +78,10 @@ fn a_sensible_custom_config_is_kept_as_given() {
         .close_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    assert_eq!(config.call_timeout, Duration::from_millis(250));
-    assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
-    assert_eq!(config.heartbeat_timeout, Duration::from_secs(3));
-    assert_eq!(config.max_in_flight, 1);
-    assert_eq!(config.max_write_buffer, 1);
-    assert_eq!(config.close_timeout, Duration::from_secs(2));
+    assert_eq!(config.call_timeout(), Duration::from_millis(250));
+    assert_eq!(config.heartbeat_interval(), Duration::from_secs(1));
+    assert_eq!(config.heartbeat_timeout(), Duration::from_secs(3));
+    assert_eq!(config.max_in_flight(), 1);
+    assert_eq!(config.max_write_buffer(), 1);
+    assert_eq!(config.close_timeout(), Duration::from_secs(2));
 }

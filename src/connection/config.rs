@@ -12,18 +12,18 @@ use crate::ConfigError;
 #[non_exhaustive]
 pub struct ConnectionConfig {
     /// Timeout of a call that does not set its own.
-    pub call_timeout: Duration,
+    pub(crate) call_timeout: Duration,
     /// A ping is sent when nothing has arrived for this long.
-    pub heartbeat_interval: Duration,
+    pub(crate) heartbeat_interval: Duration,
     /// The connection closes when nothing has arrived for this long.
-    pub heartbeat_timeout: Duration,
+    pub(crate) heartbeat_timeout: Duration,
     /// Calls awaiting a reply, at most; past it calls fail with `Overloaded`.
-    pub max_in_flight: usize,
+    pub(crate) max_in_flight: usize,
     /// Bytes written but not yet taken by the peer, at most; past it calls fail with
     /// `Overloaded`.
-    pub max_write_buffer: usize,
+    pub(crate) max_write_buffer: usize,
     /// How long a graceful close waits for calls in flight, when `Close` gives no timeout.
-    pub close_timeout: Duration,
+    pub(crate) close_timeout: Duration,
 }
 
 impl Default for ConnectionConfig {
@@ -40,6 +40,37 @@ impl Default for ConnectionConfig {
 }
 
 impl ConnectionConfig {
+    /// Timeout of a call that does not set its own.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// A ping is sent when nothing has arrived for this long.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// The connection closes when nothing has arrived for this long.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        self.heartbeat_timeout
+    }
+
+    /// Calls awaiting a reply, at most; past it calls fail with `Overloaded`.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Bytes written but not yet taken by the peer, at most; past it calls fail with
+    /// `Overloaded`.
+    pub fn max_write_buffer(&self) -> usize {
+        self.max_write_buffer
+    }
+
+    /// How long a graceful close waits for calls in flight, when `Close` gives no timeout.
+    pub fn close_timeout(&self) -> Duration {
+        self.close_timeout
+    }
+
     /// A builder starting from the defaults.
     pub fn builder() -> ConnectionConfigBuilder {
         ConnectionConfigBuilder {

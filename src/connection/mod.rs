@@ -78,6 +78,8 @@ pub struct Connection<T: Transport, P: Protocol> {
     config: ConnectionConfig,
     framed: Framed<T, P::Codec>,
     pending: Rc<RefCell<PendingCalls<P::Reply>>>,
+    /// Published load and state, for a Pool on another thread.
+    gauge: InFlightGauge,
     events: Option<Recipient<ConnectionEvent>>,
     pushes: Option<Recipient<Pushed<P>>>,
     /// The id of the next request; ids are never reused.
@@ -207,8 +209,9 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             pending: Rc::new(RefCell::new(PendingCalls::new(
                 correlation,
                 self.config.max_in_flight,
-                self.gauge,
+                self.gauge.clone(),
             ))),
+            gauge: self.gauge,
             config: self.config,
             events: self.events,
             pushes: self.pushes,
@@ -352,6 +355,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     /// once nothing is in flight, or when `after` runs out.
     fn begin_close(&mut self, after: Duration) {
         if self.closing.is_none() {
+            self.gauge.set_closing();
             let deadline = later(Instant::now(), after);
             self.closing = Some((deadline, after));
             self.timer_deadline = self.timer_deadline.min(deadline);
@@ -561,6 +565,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         if self.close_reason.is_some() {
             return false;
         }
+        self.gauge.set_closing();
         let failed = self.pending.borrow_mut().fail_all(&reason);
         match &reason {
             CloseReason::Closed | CloseReason::Aborted => {

@@ -14,7 +14,7 @@
 //! anything else runs on the actor.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -306,19 +306,35 @@ impl<R> PendingCalls<R> {
     }
 }
 
-/// A connection's count of calls awaiting replies, readable from any thread.
+/// A connection's count of calls awaiting replies, and whether it is closing,
+/// readable from any thread.
 ///
 /// Only the connection writes it (a plain store per change, no read-modify-write), so
 /// keeping it costs the hot path next to nothing.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct InFlightGauge(Arc<AtomicUsize>);
+pub(crate) struct InFlightGauge(Arc<GaugeValues>);
+
+#[derive(Debug, Default)]
+struct GaugeValues {
+    in_flight: AtomicUsize,
+    closing: AtomicBool,
+}
 
 impl InFlightGauge {
     pub(crate) fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.0.in_flight.load(Ordering::Relaxed)
     }
 
     fn set(&self, value: usize) {
-        self.0.store(value, Ordering::Relaxed);
+        self.0.in_flight.store(value, Ordering::Relaxed);
+    }
+
+    /// Whether the connection is closing or closed: it takes no new calls.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.0.closing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_closing(&self) {
+        self.0.closing.store(true, Ordering::Relaxed);
     }
 }

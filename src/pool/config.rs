@@ -83,6 +83,103 @@ impl Default for PoolConfig {
 }
 
 impl PoolConfig {
+    /// Connections kept open per authority even when nobody uses them.
+    pub fn min_idle(&self) -> usize {
+        self.min_idle
+    }
+
+    /// Connections per authority, at most.
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// Connections across all authorities, at most.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Checkouts queued per authority, at most; past it checkouts fail at once.
+    pub fn max_waiters(&self) -> usize {
+        self.max_waiters
+    }
+
+    /// How long a checkout waits for a connection.
+    pub fn checkout_timeout(&self) -> Duration {
+        self.checkout_timeout
+    }
+
+    /// How long one connect attempt may take (around the connector's own timeout).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// A connection idle for longer than this is pinged before a checkout gets it.
+    pub fn test_on_checkout_after(&self) -> Option<Duration> {
+        self.test_on_checkout_after
+    }
+
+    /// Idle connections are pinged this often.
+    pub fn health_check_interval(&self) -> Option<Duration> {
+        self.health_check_interval
+    }
+
+    /// How long a health-check ping may take before the connection is discarded.
+    pub fn health_check_timeout(&self) -> Duration {
+        self.health_check_timeout
+    }
+
+    /// Idle connections above `min_idle` close after this long unused.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// Connections are replaced after this long, less a random tenth at most.
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        self.max_lifetime
+    }
+
+    /// The first delay before reconnecting after a failure.
+    pub fn backoff_base(&self) -> Duration {
+        self.backoff_base
+    }
+
+    /// The longest delay between reconnect attempts.
+    pub fn backoff_max(&self) -> Duration {
+        self.backoff_max
+    }
+
+    /// Consecutive connect failures after which an authority is marked down.
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold
+    }
+
+    /// Calls in flight per connection past which shared use opens another connection.
+    pub fn grow_threshold(&self) -> usize {
+        self.grow_threshold
+    }
+
+    /// How long a returned lease with calls still in flight may take to go quiet
+    /// before its connection is closed instead of reused.
+    pub fn return_drain_timeout(&self) -> Duration {
+        self.return_drain_timeout
+    }
+
+    /// Whether connections are reused; if not, every checkout gets a fresh one.
+    pub fn reuse(&self) -> bool {
+        self.reuse
+    }
+
+    /// How often the pool reaps idle and expired connections and tops up `min_idle`.
+    pub fn maintenance_interval(&self) -> Duration {
+        self.maintenance_interval
+    }
+
+    /// How long `Drain` and `Close` wait for connections to close when they name no
+    /// timeout.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown_timeout
+    }
+
     /// A builder starting from the defaults.
     pub fn builder() -> PoolConfigBuilder {
         PoolConfigBuilder {

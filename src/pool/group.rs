@@ -94,6 +94,12 @@ impl<C: Connector, P: Protocol> Member<C, P> {
         self.place.store(place as u8, Ordering::Relaxed);
     }
 
+    /// Whether its connection can take calls: running, and not closing (a borrower
+    /// may have sent it `Close` through the lease's address).
+    pub(crate) fn is_usable(&self) -> bool {
+        self.addr.connected() && !self.gauge.is_closing()
+    }
+
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|expires| expires <= now)
     }
@@ -305,7 +311,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         while at > 0 {
             at -= 1;
             let member = &self.idle[at].member;
-            if !member.addr.connected() {
+            if !member.is_usable() {
                 let dead = self.idle.remove(at);
                 self.make_busy(&dead.member);
             } else if !member.shared.load(Ordering::Relaxed) {
@@ -328,7 +334,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     ) -> Option<(usize, Arc<Member<C, P>>)> {
         let mut at = 0;
         while at < self.idle.len() {
-            if self.idle[at].member.addr.connected() {
+            if self.idle[at].member.is_usable() {
                 at += 1;
             } else {
                 let dead = self.idle.remove(at);
@@ -719,7 +725,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         since: Instant,
         checked: Instant,
     ) -> Option<Arc<Member<C, P>>> {
-        if !member.addr.connected() {
+        if !member.is_usable() {
             // Its connection stopped already (its `Closed` event, or the actor's
             // check for a silent death, counts it out): nobody may have it.
             state.make_busy(&member);
@@ -785,9 +791,9 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             // Closed and counted out while it was leased.
             return;
         }
-        if !member.addr.connected() {
-            // The connection stopped; its `Closed` event is on its way to the actor,
-            // which counts it out. Keep it off the idle stack meanwhile.
+        if !member.is_usable() {
+            // The connection stopped or is closing; its `Closed` event is on its way
+            // to the actor, which counts it out. Keep it off the idle stack meanwhile.
             state.leased -= 1;
             state.busy += 1;
             member.set_place(Place::Busy);
