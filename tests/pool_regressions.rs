@@ -684,3 +684,38 @@ async fn a_connection_its_borrower_closed_is_not_handed_to_the_next_borrower() {
     assert!(!ids(only(&status)).contains(&closed_id));
     assert_consistent(only(&status));
 }
+
+// Found while checking the global cap: an authority waiting for room under
+// `max_connections` had to wait for another authority's idle connections to time out.
+#[actix::test]
+async fn an_authority_at_the_global_cap_gets_room_from_anothers_idle_connections() {
+    tokio::time::pause();
+    let bed = TestBed::new();
+    let other = Server::start(&bed.network, "other");
+    let a = bed.server.authority();
+    let b = other.authority();
+    let pool = bed.pool(config().max_size(2).max_connections(2)).start();
+    // Authority A takes the whole global cap, then leaves both connections idle.
+    let first = within(WAIT, "checkout a", pool.checkout(&a)).await.unwrap();
+    let second = within(WAIT, "checkout a", pool.checkout(&a)).await.unwrap();
+    drop((first, second));
+    let status = pool.status().await.unwrap();
+    assert_eq!(status.authority(&a).unwrap().idle, 2);
+
+    // B gets a connection well within its checkout timeout: one of A's idle ones
+    // is closed to make room (no idle timeout is set at all).
+    let lease = within(
+        WAIT,
+        "checkout b",
+        pool.checkout_within(&b, Duration::from_secs(1)),
+    )
+    .await
+    .expect("room was made for b");
+    drop(lease);
+    let status = pool.status().await.unwrap();
+    assert_eq!(status.counters.evicted, 1);
+    assert!(status.connections <= 2, "{status:#?}");
+    for authority in &status.authorities {
+        assert_consistent(authority);
+    }
+}

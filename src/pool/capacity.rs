@@ -68,6 +68,11 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         // connection long after the load is gone.
         state.grow_wanted = false;
         if count == 0 {
+            let starved = global_room == 0 && state.wanted().min(state.room()) > 0;
+            drop(state);
+            if starved {
+                self.make_room(group);
+            }
             return;
         }
         let delay = if state.failures > 0 {
@@ -79,6 +84,41 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         drop(state);
         for _ in 0..count {
             self.open(group.clone(), delay, ctx);
+        }
+    }
+
+    /// Closes one idle connection of another authority (above its `min_idle`) so that
+    /// `group`, which wants connections, gets room under `max_connections`; its
+    /// `Closed` event then lets `group` open one. Without this an authority could
+    /// wait for others' idle connections to time out.
+    fn make_room(&mut self, group: &Arc<Group<C, P>>) {
+        // One at a time: its close makes the room, then the next starved look may
+        // find none wanting.
+        if self
+            .making_room
+            .is_some_and(|id| self.tracked.contains_key(&id))
+        {
+            return;
+        }
+        for other in self.registry.all() {
+            if Arc::ptr_eq(&other, group) {
+                continue;
+            }
+            let evicted = {
+                let mut state = other.lock();
+                if state.idle.is_empty() || state.members - state.retiring <= state.min_idle {
+                    continue;
+                }
+                // The bottom of the stack has been idle longest.
+                let idle = state.take_idle(0);
+                state.mark_retiring(&idle.member);
+                idle.member
+            };
+            self.counters.evicted += 1;
+            self.making_room = Some(evicted.id);
+            tracing::debug!(parent: &self.span, from = %other.authority, to = %group.authority, "closing an idle connection to make room");
+            evicted.addr.do_send(crate::Close::default());
+            return;
         }
     }
 
@@ -289,7 +329,11 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             jitter(self.config.backoff_base)
         };
         self.replenish(&tracked.group, delay, ctx);
-        self.replenish_all(ctx);
+        // Other authorities may have waited for room under `max_connections`; only
+        // then is it worth looking at all of them.
+        if self.total_open() + 1 >= self.config.max_connections {
+            self.replenish_all(ctx);
+        }
         self.check_shutdown(ctx);
     }
 

@@ -223,8 +223,9 @@ impl PoolConfigBuilder {
         self
     }
 
-    /// Connections across all authorities, at most. When it is reached, authorities
-    /// wanting more wait for one to close. Defaults to 1024.
+    /// Connections across all authorities, at most. When it is reached, an authority
+    /// wanting more gets room from another's idle connections (above their
+    /// `min_idle`), or waits for one to close. Defaults to 1024.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.config.max_connections = max;
         self

@@ -298,6 +298,9 @@ pub struct PoolCounters {
     pub idle_expired: u64,
     /// Connections closed for reaching `max_lifetime`.
     pub lifetime_expired: u64,
+    /// Idle connections closed to make room for another authority under
+    /// `max_connections`.
+    pub evicted: u64,
     /// Leases returned with calls in flight (held back to drain).
     pub returned_in_flight: u64,
     /// Of those, connections closed because draining took too long.

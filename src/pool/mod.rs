@@ -181,6 +181,8 @@ pub struct Pool<C: Connector, P: Protocol> {
     /// Taken out of the idle stack for a health check.
     checks: FxHashMap<ConnectionId, Held<C, P>>,
     ready: Vec<(Authority, oneshot::Sender<Result<(), PoolError>>)>,
+    /// The idle connection being closed to make room under `max_connections`.
+    making_room: Option<ConnectionId>,
     /// Connections seen stopped at the last maintenance tick but still tracked.
     suspects: rustc_hash::FxHashSet<ConnectionId>,
     shutdown: Option<Shutdown>,
@@ -248,6 +250,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             drain_tick: None,
             checks: FxHashMap::default(),
             ready: Vec::new(),
+            making_room: None,
             suspects: Default::default(),
             shutdown: None,
             counters: PoolCounters::default(),
