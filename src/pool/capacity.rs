@@ -110,14 +110,12 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                     continue;
                 }
                 // The bottom of the stack has been idle longest.
-                let idle = state.take_idle(0);
-                state.mark_retiring(&idle.member);
-                idle.member
+                state.retire_idle(0)
             };
             self.counters.evicted += 1;
             self.making_room = Some(evicted.id);
             tracing::debug!(parent: &self.span, from = %other.authority, to = %group.authority, "closing an idle connection to make room");
-            evicted.addr.do_send(crate::Close::default());
+            close(&evicted, true);
             return;
         }
     }

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::lease::{Lease, SharedConnection};
-use super::messages::{Demand, Detached, Returned, ReturnedBecause};
+use super::messages::{CheckoutStats, Demand, Detached, Returned, ReturnedBecause};
 use super::{Pool, PoolConfig};
 use crate::connection::InFlightGauge;
 use crate::protocol::Protocol;
@@ -142,7 +142,7 @@ impl<C: Connector, P: Protocol> Waiter<C, P> {
     }
 }
 
-/// Whether a group takes checkouts.
+/// Whether a group (or the pool) takes checkouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Open,
@@ -150,17 +150,15 @@ pub(crate) enum Phase {
     Closed,
 }
 
-/// Checkout counters of one authority, kept under its lock.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct CheckoutCounters {
-    pub(crate) direct: u64,
-    pub(crate) waited: u64,
-    pub(crate) timed_out: u64,
-    pub(crate) refused: u64,
-    pub(crate) failed: u64,
-    pub(crate) wait_time: Duration,
-    pub(crate) shared: u64,
-    pub(crate) tests_failed: u64,
+impl Phase {
+    /// The error a checkout gets in this phase, if any.
+    pub(crate) fn admit(self) -> Result<(), PoolError> {
+        match self {
+            Self::Open => Ok(()),
+            Self::Draining => Err(PoolError::Draining),
+            Self::Closed => Err(PoolError::Closed),
+        }
+    }
 }
 
 /// The state behind a group's lock.
@@ -197,7 +195,7 @@ pub(crate) struct GroupState<C: Connector, P: Protocol> {
     pub(crate) demand_signalled: bool,
     /// Shared use found every connection past the grow threshold.
     pub(crate) grow_wanted: bool,
-    pub(crate) counters: CheckoutCounters,
+    pub(crate) counters: CheckoutStats,
 }
 
 impl<C: Connector, P: Protocol> GroupState<C, P> {
@@ -232,11 +230,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     }
 
     fn refuse(&self, authority: &Authority) -> Result<(), PoolError> {
-        match self.phase {
-            Phase::Open => {}
-            Phase::Draining => return Err(PoolError::Draining),
-            Phase::Closed => return Err(PoolError::Closed),
-        }
+        self.phase.admit()?;
         if self.down {
             if let Some(error) = &self.last_connect_error {
                 return Err(PoolError::Down {
@@ -247,6 +241,16 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
             }
         }
         Ok(())
+    }
+
+    /// Counts a checkout that ran out of time and says why it did.
+    fn timed_out(&mut self, authority: &Authority, waited: Duration) -> PoolError {
+        self.counters.timed_out += 1;
+        PoolError::Timeout {
+            authority: authority.clone(),
+            waited,
+            last_connect_error: self.last_connect_error.clone(),
+        }
     }
 
     fn push_waiter(&mut self, make: impl FnOnce(u64) -> Waiter<C, P>) -> u64 {
@@ -388,6 +392,13 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         idle
     }
 
+    /// Takes an idle member out for the actor to close.
+    pub(crate) fn retire_idle(&mut self, at: usize) -> Arc<Member<C, P>> {
+        let idle = self.take_idle(at);
+        self.mark_retiring(&idle.member);
+        idle.member
+    }
+
     /// Counts a member in `busy` that nobody may have (an offer found no taker).
     pub(crate) fn make_busy(&mut self, member: &Member<C, P>) {
         member.set_place(Place::Busy);
@@ -485,7 +496,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 last_connect_error: None,
                 demand_signalled: false,
                 grow_wanted: false,
-                counters: CheckoutCounters::default(),
+                counters: CheckoutStats::default(),
             }),
             config,
         }
@@ -528,15 +539,8 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                     // Its connection failed the ping; try the next one, in time.
                     self.discard(lease.into_member(), ReturnedBecause::FailedTest);
                     if Instant::now() >= deadline {
-                        let mut state = self.lock();
-                        state.counters.timed_out += 1;
-                        let last_connect_error = state.last_connect_error.clone();
-                        drop(state);
-                        return Err(PoolError::Timeout {
-                            authority: self.authority.clone(),
-                            waited: started.map_or(Duration::ZERO, |started| started.elapsed()),
-                            last_connect_error,
-                        });
+                        let waited = started.map_or(Duration::ZERO, |started| started.elapsed());
+                        return Err(self.lock().timed_out(&self.authority, waited));
                     }
                 }
                 Attempt::Queued(id, receiver, started) => {
@@ -632,15 +636,10 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 let mut state = self.lock();
                 match state.remove_waiter(id) {
                     Some(waiter) => {
-                        state.counters.timed_out += 1;
-                        let last_connect_error = state.last_connect_error.clone();
+                        let error = state.timed_out(&self.authority, started.elapsed());
                         drop(state);
                         drop(waiter);
-                        Err(PoolError::Timeout {
-                            authority: self.authority.clone(),
-                            waited: started.elapsed(),
-                            last_connect_error,
-                        })
+                        Err(error)
                     }
                     // Served as the timer fired: the answer is already in the channel
                     // (it is sent before the waiter leaves the queue's lock).
@@ -795,8 +794,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             // The connection stopped or is closing; its `Closed` event is on its way
             // to the actor, which counts it out. Keep it off the idle stack meanwhile.
             state.leased -= 1;
-            state.busy += 1;
-            member.set_place(Place::Busy);
+            state.make_busy(&member);
             return;
         }
         let now = Instant::now();
@@ -825,6 +823,11 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             }
         };
         drop(state);
+        self.hand_to_pool(member, because);
+    }
+
+    /// Sends a member (already counted busy) to the actor to drain or close.
+    fn hand_to_pool(self: &Arc<Self>, member: Arc<Member<C, P>>, because: ReturnedBecause) {
         // Loses nothing that matters: if the actor is gone, so is the pool.
         self.pool.do_send(Returned {
             group: self.clone(),
@@ -855,14 +858,9 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             return;
         }
         state.leased -= 1;
-        state.busy += 1;
-        member.set_place(Place::Busy);
+        state.make_busy(&member);
         drop(state);
-        self.pool.do_send(Returned {
-            group: self.clone(),
-            member,
-            because,
-        });
+        self.hand_to_pool(member, because);
     }
 }
 

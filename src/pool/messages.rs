@@ -252,6 +252,20 @@ pub struct CheckoutStats {
     pub tests_failed: u64,
 }
 
+impl CheckoutStats {
+    /// Adds another authority's counters to these.
+    pub(crate) fn add(&mut self, other: &Self) {
+        self.direct += other.direct;
+        self.waited += other.waited;
+        self.wait_time += other.wait_time;
+        self.timed_out += other.timed_out;
+        self.refused += other.refused;
+        self.failed += other.failed;
+        self.shared += other.shared;
+        self.tests_failed += other.tests_failed;
+    }
+}
+
 /// Where a pooled connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

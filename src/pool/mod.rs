@@ -259,11 +259,20 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
     }
 
     fn refuse(&self) -> Result<(), PoolError> {
-        match self.phase {
-            Phase::Open => Ok(()),
-            Phase::Draining => Err(PoolError::Draining),
-            Phase::Closed => Err(PoolError::Closed),
-        }
+        self.phase.admit()
+    }
+}
+
+/// Tells a pooled connection to close: gracefully (calls in flight get their
+/// replies) or at once.
+///
+/// `do_send` loses nothing here: a connection whose mailbox is closed has stopped,
+/// and its `Closed` event counts it out just the same.
+fn close<C: Connector, P: Protocol>(member: &Member<C, P>, graceful: bool) {
+    if graceful {
+        member.addr.do_send(crate::Close::default());
+    } else {
+        member.addr.do_send(Abort);
     }
 }
 
@@ -539,13 +548,11 @@ impl<C: Connector, P: Protocol> Handler<Resize> for Pool<C, P> {
             state.min_idle = resize.min_idle;
             state.max_size = resize.max_size;
             while state.members - state.retiring > state.max_size && !state.idle.is_empty() {
-                let idle = state.take_idle(0);
-                state.mark_retiring(&idle.member);
-                surplus.push(idle.member);
+                surplus.push(state.retire_idle(0));
             }
         }
-        for member in surplus {
-            member.addr.do_send(crate::Close::default());
+        for member in &surplus {
+            close(member, true);
         }
         self.replenish(&group, Duration::ZERO, ctx);
         Ok(())

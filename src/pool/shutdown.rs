@@ -29,12 +29,11 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             state.phase = phase;
             state.fail_waiters(&error);
             while !state.idle.is_empty() {
-                let idle = state.take_idle(0);
-                to_close.push((group.clone(), idle.member));
+                to_close.push(state.retire_idle(0));
             }
         }
-        for (group, member) in &to_close {
-            self.retire(group, member, graceful);
+        for member in &to_close {
+            close(member, graceful);
         }
         if !graceful {
             // Leased and busy connections too: calls in flight fail with `Aborted`.

@@ -19,16 +19,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         }
         for group in self.registry.all() {
             let state = group.lock();
-            let c = state.counters;
-            let sum = &mut counters.checkouts;
-            sum.direct += c.direct;
-            sum.waited += c.waited;
-            sum.wait_time += c.wait_time;
-            sum.timed_out += c.timed_out;
-            sum.refused += c.refused;
-            sum.failed += c.failed;
-            sum.shared += c.shared;
-            sum.tests_failed += c.tests_failed;
+            counters.checkouts.add(&state.counters);
             connections += state.members;
             let members = by_group
                 .get(&Arc::as_ptr(&group))
@@ -63,16 +54,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 down: state.down,
                 consecutive_failures: state.failures,
                 last_connect_error: state.last_connect_error.clone(),
-                checkouts: CheckoutStats {
-                    direct: c.direct,
-                    waited: c.waited,
-                    wait_time: c.wait_time,
-                    timed_out: c.timed_out,
-                    refused: c.refused,
-                    failed: c.failed,
-                    shared: c.shared,
-                    tests_failed: c.tests_failed,
-                },
+                checkouts: state.counters,
                 connections: members,
             });
         }

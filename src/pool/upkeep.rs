@@ -8,13 +8,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
     /// their replies) or at once.
     pub(super) fn retire(&mut self, group: &Group<C, P>, member: &Member<C, P>, graceful: bool) {
         group.lock().mark_retiring(member);
-        // `do_send` loses nothing here: a connection whose mailbox is closed has
-        // stopped, and its `Closed` event counts it out just the same.
-        if graceful {
-            member.addr.do_send(crate::Close::default());
-        } else {
-            member.addr.do_send(Abort);
-        }
+        close(member, graceful);
     }
 
     /// Reaps idle and expired members of one group, starts health checks, and asks
@@ -45,18 +39,14 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                     && config
                         .idle_timeout
                         .is_some_and(|t| later(idle.since, t) <= now);
-                let expired = idle.member.expires.is_some_and(|e| e <= now);
+                let expired = idle.member.is_expired(now);
                 let check_due = config
                     .health_check_interval
                     .is_some_and(|i| later(idle.checked, i) <= now);
                 if above_min && idle_for_too_long {
-                    let idle = state.take_idle(at);
-                    state.mark_retiring(&idle.member);
-                    idle_expired.push(idle.member);
+                    idle_expired.push(state.retire_idle(at));
                 } else if above_min && expired {
-                    let idle = state.take_idle(at);
-                    state.mark_retiring(&idle.member);
-                    lifetime_expired.push(idle.member);
+                    lifetime_expired.push(state.retire_idle(at));
                 } else if check_due {
                     if expired {
                         expired_at_min += 1;
@@ -79,22 +69,17 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 let oldest = state
                     .idle
                     .iter()
-                    .position(|idle| idle.member.expires.is_some_and(|e| e <= now));
+                    .position(|idle| idle.member.is_expired(now));
                 if let Some(at) = oldest {
-                    let idle = state.take_idle(at);
-                    state.mark_retiring(&idle.member);
                     state.replacing -= 1;
-                    lifetime_expired.push(idle.member);
+                    lifetime_expired.push(state.retire_idle(at));
                 }
             }
         }
-        for member in &idle_expired {
-            self.counters.idle_expired += 1;
-            member.addr.do_send(crate::Close::default());
-        }
-        for member in &lifetime_expired {
-            self.counters.lifetime_expired += 1;
-            member.addr.do_send(crate::Close::default());
+        self.counters.idle_expired += idle_expired.len() as u64;
+        self.counters.lifetime_expired += lifetime_expired.len() as u64;
+        for member in idle_expired.iter().chain(&lifetime_expired) {
+            close(member, true);
         }
         for idle in to_check {
             self.check(group.clone(), idle.member, idle.since, ctx);
