@@ -231,8 +231,17 @@ async fn a_close_racing_an_abort_resolves_with_the_abort() {
     ));
 }
 
-#[actix::test]
-async fn the_peer_closing_fails_pending_calls_with_peer_closed() {
+/// How the peer goes away in the two tests below.
+enum PeerLeaves {
+    /// It shuts its side down.
+    Closing,
+    /// Its end of the pipe is dropped.
+    Dropped,
+}
+
+/// Ten calls are pending when the peer leaves: each fails once with `PeerClosed`, the
+/// supervisor hears `Closed` once, and later calls fail.
+async fn the_peer_leaving_fails_pending_calls_with_peer_closed(leaves: PeerLeaves) {
     tokio::time::pause();
     let Setup {
         addr,
@@ -243,7 +252,10 @@ async fn the_peer_closing_fails_pending_calls_with_peer_closed() {
 
     let results = spawn_calls(&addr, (0..10).map(numbered));
     peer.expect_frames(10, WAIT).await;
-    peer.close().await;
+    match leaves {
+        PeerLeaves::Closing => peer.close().await,
+        PeerLeaves::Dropped => drop(peer),
+    }
 
     assert!(matches!(
         closed_exactly_once(&mut events).await,
@@ -264,33 +276,13 @@ async fn the_peer_closing_fails_pending_calls_with_peer_closed() {
 }
 
 #[actix::test]
+async fn the_peer_closing_fails_pending_calls_with_peer_closed() {
+    the_peer_leaving_fails_pending_calls_with_peer_closed(PeerLeaves::Closing).await;
+}
+
+#[actix::test]
 async fn the_peer_going_away_fails_pending_calls_with_peer_closed() {
-    tokio::time::pause();
-    let Setup {
-        addr,
-        mut peer,
-        mut events,
-        ..
-    } = connect(ConnectionConfig::default()).await;
-
-    let results = spawn_calls(&addr, (0..10).map(numbered));
-    peer.expect_frames(10, WAIT).await;
-    drop(peer);
-
-    assert!(matches!(
-        next_closed(&mut events).await,
-        CloseReason::PeerClosed
-    ));
-    for result in &finish(results).await {
-        assert!(
-            matches!(closed_reason(result), Some(CloseReason::PeerClosed)),
-            "{result:?}"
-        );
-    }
-    assert_no_more_events(&mut events).await;
-    for result in finish(spawn_calls(&addr, (0..3).map(numbered))).await {
-        assert_failed_after_close(&result);
-    }
+    the_peer_leaving_fails_pending_calls_with_peer_closed(PeerLeaves::Dropped).await;
 }
 
 #[actix::test]
