@@ -14,6 +14,19 @@ use switchboard::protocol::frame::Frame;
 use switchboard::{CallError, ConnectionConfig, GetStats};
 use tokio::time::Instant;
 
+/// After `late` calls timed out and their replies came late: the next call gets its
+/// own reply (never a late one), the connection stays open, and the stats count each
+/// timeout and each dropped late reply.
+async fn assert_late_replies_were_dropped(setup: &mut Setup, late: u64) {
+    let next = actix_rt::spawn(setup.addr.send(call("next")));
+    let request = setup.peer.expect_request(WAIT).await;
+    setup.peer.reply(&request, "own reply").await;
+    assert_eq!(reply_of(finish(next).await), "own reply");
+    assert_not_closed(&mut setup.events);
+    let stats = setup.addr.send(GetStats).await.unwrap();
+    assert_eq!((stats.timeouts, stats.late_replies), (late, late));
+}
+
 #[actix::test]
 async fn a_timed_out_calls_late_reply_is_dropped_and_never_given_to_the_next_call() {
     tokio::time::pause();
@@ -59,12 +72,8 @@ async fn a_timed_out_calls_late_reply_is_dropped_and_never_given_to_the_next_cal
 #[actix::test]
 async fn a_late_reply_after_the_caller_gave_up_does_not_close_the_connection() {
     tokio::time::pause();
-    let Setup {
-        addr,
-        mut peer,
-        mut events,
-        ..
-    } = connect(ConnectionConfig::default()).await;
+    let mut setup = connect(ConnectionConfig::default()).await;
+    let Setup { addr, peer, .. } = &mut setup;
 
     let first = actix_rt::spawn(addr.send(call("slow").timeout(Duration::from_secs(1))));
     let slow_request = peer.expect_request(WAIT).await;
@@ -75,14 +84,7 @@ async fn a_late_reply_after_the_caller_gave_up_does_not_close_the_connection() {
 
     // The late reply arrives with nothing else in flight.
     peer.reply(&slow_request, "late").await;
-    let next = actix_rt::spawn(addr.send(call("next")));
-    let request = peer.expect_request(WAIT).await;
-    peer.reply(&request, "own reply").await;
-    assert_eq!(reply_of(finish(next).await), "own reply");
-
-    assert_not_closed(&mut events);
-    let stats = addr.send(GetStats).await.unwrap();
-    assert_eq!((stats.timeouts, stats.late_replies), (1, 1));
+    assert_late_replies_were_dropped(&mut setup, 1).await;
 }
 
 #[actix::test]
@@ -111,12 +113,8 @@ async fn a_call_without_its_own_timeout_uses_the_configured_one() {
 #[actix::test]
 async fn each_call_times_out_at_its_own_deadline_while_answered_calls_succeed() {
     tokio::time::pause();
-    let Setup {
-        addr,
-        mut peer,
-        mut events,
-        ..
-    } = connect(ConnectionConfig::default()).await;
+    let mut setup = connect(ConnectionConfig::default()).await;
+    let Setup { addr, peer, .. } = &mut setup;
 
     // Calls with timeouts of 1..=5 s; the peer answers only the even-numbered ones.
     let start = Instant::now();
@@ -157,13 +155,7 @@ async fn each_call_times_out_at_its_own_deadline_while_answered_calls_succeed() 
     for request in requests.iter().filter(|r| !answered.contains(&r.payload)) {
         peer.send(Frame::response(request.id, "late")).await;
     }
-    let check = actix_rt::spawn(addr.send(call("after")));
-    let request = peer.expect_request(WAIT).await;
-    peer.reply(&request, "fine").await;
-    assert_eq!(reply_of(finish(check).await), "fine");
-    assert_not_closed(&mut events);
-    let stats = addr.send(GetStats).await.unwrap();
-    assert_eq!((stats.timeouts, stats.late_replies), (3, 3));
+    assert_late_replies_were_dropped(&mut setup, 3).await;
 }
 
 #[actix::test]
