@@ -129,6 +129,15 @@ pub enum CloseReason {
     /// answered id, an unexpected request, ...).
     #[error("protocol violation: {0}")]
     Protocol(Arc<str>),
+    /// The peer did not read what was sent to it fast enough: its outbound queue or
+    /// write buffer was full, and the policy for slow peers is to disconnect them.
+    #[error("slow consumer: {queued} bytes or messages queued, limit {limit}")]
+    SlowConsumer {
+        /// What was queued when the connection gave up on the peer.
+        queued: usize,
+        /// The limit it reached.
+        limit: usize,
+    },
     /// The actor stopped for another reason (its system or arbiter shut down, or the
     /// actor's mailbox closed before the call was handled).
     #[error("connection actor stopped")]
@@ -147,6 +156,7 @@ impl CloseReason {
             Self::Io(_) => "io",
             Self::Decode(_) => "decode",
             Self::Protocol(_) => "protocol",
+            Self::SlowConsumer { .. } => "slow_consumer",
             Self::Stopped => "stopped",
         }
     }

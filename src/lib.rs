@@ -74,12 +74,12 @@ pub mod transport;
 pub use authority::Authority;
 pub use connection::{
     Abort, Call, CallReply, Close, Connection, ConnectionBuilder, ConnectionConfig,
-    ConnectionConfigBuilder, ConnectionEvent, ConnectionId, ConnectionStats, GetStats, Ping,
-    Pushed, SendFrame, SendReply,
+    ConnectionConfigBuilder, ConnectionEvent, ConnectionId, ConnectionStats, Deliver, GetStats,
+    Incoming, Overflow, Ping, Pushed, SendFrame, SendReply,
 };
 pub use error::{CallError, CloseReason, ConfigError, ConnectError, Overload, PoolError};
 pub use pool::{
-    Lease, Pool, PoolBuilder, PoolConfig, PoolConfigBuilder, PoolHandle, SharedConnection,
+    Lease, Pool, PoolBuilder, PoolConfig, PoolConfigBuilder, PoolHandle, SharedConnection, Spread,
 };
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -134,6 +134,7 @@ async fn a_push_from_the_peer_reaches_the_push_recipient() {
         assert_eq!(
             pushed.push,
             FramePush {
+                seq: 0,
                 topic: Some(Bytes::from_static(b"prices")),
                 payload: Bytes::from(expected),
             }

@@ -23,13 +23,16 @@ const FIXED_HEADER: usize = 10;
 /// The `flags` bit that announces a topic.
 const FLAG_TOPIC: u8 = 0b0000_0001;
 
-const ALL_KINDS: [FrameKind; 6] = [
+const ALL_KINDS: [FrameKind; 9] = [
     FrameKind::Request,
     FrameKind::Response,
     FrameKind::Error,
     FrameKind::Push,
     FrameKind::Ping,
     FrameKind::Pong,
+    FrameKind::Publish,
+    FrameKind::Subscribe,
+    FrameKind::Unsubscribe,
 ];
 
 // ---------------------------------------------------------------------------------
@@ -406,7 +409,7 @@ fn length_below_the_fixed_header_is_too_short() {
 
 #[test]
 fn unknown_kind_is_refused_as_soon_as_the_kind_byte_arrives() {
-    for kind in [0u8, 7, 255] {
+    for kind in [0u8, 10, 255] {
         // Only the length prefix and the kind byte of a frame that claims 1000 bytes.
         let mut codec = FrameCodec::default();
         let mut buffer = BytesMut::new();
@@ -614,6 +617,7 @@ fn classify_gives_each_kind_its_meaning() {
         Inbound::Push(push) => assert_eq!(
             push,
             FramePush {
+                seq: 0,
                 topic: Some(Bytes::from_static(b"prices")),
                 payload: Bytes::from_static(b"42"),
             }

@@ -330,9 +330,13 @@ async fn serve(stream: &mut TcpStream) -> Result<(), FrameError> {
                 FrameKind::Ping => Frame::pong(frame.id),
                 // Pushes are never answered; replies and pongs are not expected by
                 // a server that sends no requests or pings, so they are dropped.
-                FrameKind::Push | FrameKind::Response | FrameKind::Error | FrameKind::Pong => {
-                    continue
-                }
+                FrameKind::Push
+                | FrameKind::Response
+                | FrameKind::Error
+                | FrameKind::Pong
+                | FrameKind::Publish
+                | FrameKind::Subscribe
+                | FrameKind::Unsubscribe => continue,
             };
             codec.encode(answer, &mut output)?;
         }

@@ -1,7 +1,7 @@
 //! The messages a [`Connection`](super::Connection) handles and the events it sends.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +101,102 @@ impl<P: Protocol> Message for SendFrame<P> {
     type Result = Result<(), CallError>;
 }
 
+/// Writes one frame the peer does not answer (a push to a subscriber, a reply to the
+/// peer's request), without telling the sender how it went: for a server that writes
+/// to many peers and must never wait for a slow one.
+///
+/// If the frame does not fit the write buffer, `overflow` says what happens: the frame
+/// is dropped (and counted in [`ConnectionStats::deliveries_dropped`]), or the
+/// connection closes with [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer).
+/// A connection that is closing drops it.
+pub struct Deliver<P: Protocol> {
+    /// The frame to write.
+    pub frame: P::Frame,
+    /// What to do if the peer is not reading fast enough.
+    pub overflow: Overflow,
+    /// Counts this message in its sender's queue until the connection handles it.
+    pub(crate) ticket: Option<QueueTicket>,
+}
+
+impl<P: Protocol> Deliver<P> {
+    /// A delivery of `frame`, with `overflow` for a full write buffer.
+    pub fn new(frame: P::Frame, overflow: Overflow) -> Self {
+        Self {
+            frame,
+            overflow,
+            ticket: None,
+        }
+    }
+}
+
+impl<P: Protocol> fmt::Debug for Deliver<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deliver")
+            .field("overflow", &self.overflow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Message for Deliver<P> {
+    type Result = ();
+}
+
+/// What happens to a [`Deliver`] (or a subscriber's message) that does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop the message and count it; the peer stays connected.
+    Drop,
+    /// Close the connection with [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer),
+    /// failing its pending calls; the peer reconnects and catches up if it can.
+    #[default]
+    Close,
+}
+
+/// A message's place in a bounded queue of messages on their way to a connection:
+/// the queue's count goes down when the ticket is dropped, which happens when the
+/// connection handles the message or when the message is dropped unhandled.
+#[derive(Debug)]
+pub(crate) struct QueueTicket(Arc<AtomicUsize>);
+
+impl QueueTicket {
+    /// Takes a place in `queue` if fewer than `limit` are taken.
+    pub(crate) fn take(queue: &Arc<AtomicUsize>, limit: usize) -> Result<Self, usize> {
+        let queued = queue.fetch_add(1, Ordering::AcqRel);
+        if queued >= limit {
+            queue.fetch_sub(1, Ordering::AcqRel);
+            return Err(queued);
+        }
+        Ok(Self(queue.clone()))
+    }
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request from the peer, handed to the connection's request recipient (a server's
+/// broker), which answers it by sending the connection a [`Deliver`].
+pub struct Incoming<P: Protocol> {
+    /// The connection it came in on.
+    pub connection: ConnectionId,
+    /// The request frame.
+    pub frame: P::Frame,
+}
+
+impl<P: Protocol> fmt::Debug for Incoming<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Message for Incoming<P> {
+    type Result = ();
+}
+
 /// Closes gracefully: new calls fail with [`CallError::Closing`], calls in flight get
 /// their replies until the timeout, then the connection closes. Resolves with the
 /// reason the connection closed.
@@ -168,6 +264,13 @@ pub struct ConnectionStats {
     pub pushes_dropped: u64,
     /// Heartbeat pings sent.
     pub pings_sent: u64,
+    /// Requests from the peer handed to the request recipient.
+    pub requests: u64,
+    /// Requests from the peer refused because the request recipient was full or gone.
+    pub requests_refused: u64,
+    /// [`Deliver`]ed frames dropped because the write buffer was full or the
+    /// connection was closing.
+    pub deliveries_dropped: u64,
 }
 
 /// What a Connection tells its supervisor (the Pool, or a probe in tests).
@@ -190,6 +293,12 @@ pub enum ConnectionEvent {
         id: ConnectionId,
         /// The round trip.
         rtt: Duration,
+    },
+    /// The connection began a graceful close: it takes no new calls and closes once
+    /// those in flight are answered. Whoever routes work over it should move on.
+    Closing {
+        /// The connection.
+        id: ConnectionId,
     },
     /// The connection's load changed since the last report (reported at most once per
     /// heartbeat interval).

@@ -21,9 +21,10 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 pub use config::{ConnectionConfig, ConnectionConfigBuilder};
+pub(crate) use messages::QueueTicket;
 pub use messages::{
-    Abort, Call, Close, ConnectionEvent, ConnectionId, ConnectionStats, GetStats, Ping, Pushed,
-    SendFrame,
+    Abort, Call, Close, ConnectionEvent, ConnectionId, ConnectionStats, Deliver, GetStats,
+    Incoming, Overflow, Ping, Pushed, SendFrame,
 };
 pub(crate) use pending::InFlightGauge;
 
@@ -82,6 +83,7 @@ pub struct Connection<T: Transport, P: Protocol> {
     gauge: InFlightGauge,
     events: Option<Recipient<ConnectionEvent>>,
     pushes: Option<Recipient<Pushed<P>>>,
+    requests: Option<Recipient<Incoming<P>>>,
     /// The id of the next request; ids are never reused.
     next_id: u64,
     /// Bytes ever encoded into the write buffer; with the buffer's length this says how
@@ -119,6 +121,9 @@ struct Counters {
     pushes: u64,
     pushes_dropped: u64,
     pings_sent: u64,
+    requests: u64,
+    requests_refused: u64,
+    deliveries_dropped: u64,
 }
 
 impl<T: Transport, P: Protocol> fmt::Debug for Connection<T, P> {
@@ -141,6 +146,7 @@ pub struct ConnectionBuilder<T: Transport, P: Protocol> {
     peer: Option<Arc<str>>,
     events: Option<Recipient<ConnectionEvent>>,
     pushes: Option<Recipient<Pushed<P>>>,
+    requests: Option<Recipient<Incoming<P>>>,
     gauge: InFlightGauge,
     id: Option<ConnectionId>,
 }
@@ -182,6 +188,17 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
         self
     }
 
+    /// Who handles the peer's requests, making this a server's connection. Requests
+    /// are handed over with `try_send`: when the recipient's mailbox is full or it is
+    /// gone, the request is refused at once with the protocol's
+    /// [`reject`](Protocol::reject) frame (or, if the protocol has none, the connection
+    /// closes), so a flood of requests queues nowhere without bound. Without a
+    /// recipient, a request from the peer is a protocol violation. Defaults to nobody.
+    pub fn requests(mut self, recipient: Recipient<Incoming<P>>) -> Self {
+        self.requests = Some(recipient);
+        self
+    }
+
     /// The gauge the connection publishes its in-flight count to (for the Pool).
     pub(crate) fn gauge(mut self, gauge: InFlightGauge) -> Self {
         self.gauge = gauge;
@@ -215,6 +232,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             config: self.config,
             events: self.events,
             pushes: self.pushes,
+            requests: self.requests,
             next_id: 1,
             encoded_total: 0,
             last_read: now,
@@ -250,6 +268,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             peer: None,
             events: None,
             pushes: None,
+            requests: None,
             gauge: InFlightGauge::default(),
             id: None,
         }
@@ -356,6 +375,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     fn begin_close(&mut self, after: Duration) {
         if self.closing.is_none() {
             self.gauge.set_closing();
+            self.emit(ConnectionEvent::Closing { id: self.id });
             let deadline = later(Instant::now(), after);
             self.closing = Some((deadline, after));
             self.timer_deadline = self.timer_deadline.min(deadline);
@@ -414,8 +434,43 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                 }
             },
             Inbound::Push(push) => self.deliver_push(push),
-            Inbound::Request(_) => {
-                let problem = "the peer sent a request to a client connection";
+            Inbound::Request(frame) => self.on_request(frame, ctx),
+        }
+    }
+
+    /// Hands a peer's request to the request recipient, or refuses it.
+    fn on_request(&mut self, frame: P::Frame, ctx: &mut Context<Self>) {
+        let Some(recipient) = &self.requests else {
+            let problem = "the peer sent a request to a client connection";
+            self.shutdown(CloseReason::Protocol(problem.into()), ctx);
+            return;
+        };
+        let refused = match recipient.try_send(Incoming {
+            connection: self.id,
+            frame,
+        }) {
+            Ok(()) => {
+                self.stats.requests += 1;
+                return;
+            }
+            Err(actix::prelude::SendError::Full(incoming)) => (incoming.frame, "server busy"),
+            Err(actix::prelude::SendError::Closed(incoming)) => {
+                (incoming.frame, "server not accepting requests")
+            }
+        };
+        self.stats.requests_refused += 1;
+        let (frame, reason) = refused;
+        match self.protocol.reject(&frame, reason) {
+            Some(rejection) => {
+                if self.write(rejection).is_err() {
+                    // A peer that floods requests and reads no answers is not served.
+                    let limit = self.config.max_write_buffer;
+                    let queued = self.framed.write_buffer().len();
+                    self.shutdown(CloseReason::SlowConsumer { queued, limit }, ctx);
+                }
+            }
+            None => {
+                let problem = format!("request refused ({reason}) and the protocol cannot say so");
                 self.shutdown(CloseReason::Protocol(problem.into()), ctx);
             }
         }
@@ -604,6 +659,9 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             pushes: c.pushes,
             pushes_dropped: c.pushes_dropped,
             pings_sent: c.pings_sent,
+            requests: c.requests,
+            requests_refused: c.requests_refused,
+            deliveries_dropped: c.deliveries_dropped,
         }
     }
 }
@@ -735,6 +793,40 @@ impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
             offset: self.encoded_total,
             pending: self.pending.clone(),
         }))
+    }
+}
+
+impl<T: Transport, P: Protocol> Handler<Deliver<P>> for Connection<T, P> {
+    type Result = ();
+
+    /// Writes the frame if it fits; otherwise drops it or closes, as it says.
+    fn handle(&mut self, deliver: Deliver<P>, ctx: &mut Context<Self>) {
+        let Deliver {
+            frame, overflow, ..
+        } = deliver;
+        if self.admit().is_err() {
+            self.stats.deliveries_dropped += 1;
+            return;
+        }
+        match self.write(frame) {
+            Ok(()) => {}
+            Err(CallError::Overloaded(Overload::WriteBuffer { buffered, limit }))
+                if overflow == Overflow::Close =>
+            {
+                self.stats.deliveries_dropped += 1;
+                self.shutdown(
+                    CloseReason::SlowConsumer {
+                        queued: buffered,
+                        limit,
+                    },
+                    ctx,
+                );
+            }
+            Err(error) => {
+                self.stats.deliveries_dropped += 1;
+                tracing::debug!(parent: &self.span, %error, "delivery dropped");
+            }
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::lease::{Lease, SharedConnection};
 use super::messages::{CheckoutStats, Demand, Detached, Returned, ReturnedBecause};
+use super::Spread;
 use super::{Pool, PoolConfig};
 use crate::connection::InFlightGauge;
 use crate::protocol::Protocol;
@@ -334,6 +335,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     fn least_loaded(
         &mut self,
         grow_threshold: usize,
+        spread: Spread,
         now: Instant,
     ) -> Option<(usize, Arc<Member<C, P>>)> {
         let mut at = 0;
@@ -353,6 +355,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         self.next_shared = self.next_shared.wrapping_add(1);
         let mut best: Option<(usize, usize)> = None;
         let mut unshared = None;
+        let mut shared = 0;
         for offset in 0..count {
             let at = (start + offset) % count;
             let member = &self.idle[at].member;
@@ -361,11 +364,15 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
                 unshared = Some(unshared.map_or(at, |other: usize| other.max(at)));
                 continue;
             }
+            shared += 1;
             let load = member.gauge.get();
             match best {
                 Some((least, _)) if least <= load => {}
                 _ => best = Some((load, at)),
             }
+        }
+        if spread == Spread::TwoChoices && shared > 2 {
+            best = self.two_choices(shared);
         }
         let at = match (best, unshared) {
             (Some((load, at)), _) if load < grow_threshold => at,
@@ -382,6 +389,29 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         let idle = &mut self.idle[at];
         idle.since = now;
         Some((idle.member.gauge.get(), idle.member.clone()))
+    }
+
+    /// Of two shared idle members picked at random, the less loaded (its load and
+    /// place). `shared` is how many there are (more than two).
+    fn two_choices(&self, shared: usize) -> Option<(usize, usize)> {
+        let first = fastrand::usize(..shared);
+        let second = (first + 1 + fastrand::usize(..shared - 1)) % shared;
+        let mut nth = 0;
+        let mut picked: Option<(usize, usize)> = None;
+        for (at, idle) in self.idle.iter().enumerate() {
+            if !idle.member.shared.load(Ordering::Relaxed) {
+                continue;
+            }
+            if nth == first || nth == second {
+                let load = idle.member.gauge.get();
+                match picked {
+                    Some((least, _)) if least <= load => {}
+                    _ => picked = Some((load, at)),
+                }
+            }
+            nth += 1;
+        }
+        picked
     }
 
     /// Takes an idle member out for the actor (a check or retirement).
@@ -656,9 +686,10 @@ impl<C: Connector, P: Protocol> Group<C, P> {
     pub(crate) async fn shared(
         self: &Arc<Self>,
         timeout: Option<Duration>,
+        spread: Spread,
     ) -> Result<SharedConnection<C, P>, PoolError> {
         let timeout = timeout.unwrap_or(self.config.checkout_timeout);
-        let (id, receiver, started) = match self.share_or_queue() {
+        let (id, receiver, started) = match self.share_or_queue(spread) {
             Ok(Shared::Now(shared)) => return Ok(shared),
             Ok(Shared::Queued(id, receiver, started)) => (id, receiver, started),
             Err(error) => return Err(refused(error).await),
@@ -666,13 +697,14 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         self.wait(id, receiver, started, timeout).await
     }
 
-    fn share_or_queue(self: &Arc<Self>) -> Result<Shared<C, P>, PoolError> {
+    fn share_or_queue(self: &Arc<Self>, spread: Spread) -> Result<Shared<C, P>, PoolError> {
         let mut state = self.lock();
         if let Err(error) = state.refuse(&self.authority) {
             state.counters.refused += 1;
             return Err(error);
         }
-        if let Some((load, member)) = state.least_loaded(self.config.grow_threshold, Instant::now())
+        if let Some((load, member)) =
+            state.least_loaded(self.config.grow_threshold, spread, Instant::now())
         {
             state.counters.shared += 1;
             if load >= self.config.grow_threshold && !state.grow_wanted {

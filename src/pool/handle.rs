@@ -12,10 +12,13 @@ use super::lease::{Lease, SharedConnection};
 use super::messages::{
     AwaitReady, Close, Drain, GetStatus, PoolStatus, Register, Resize, ShutdownOutcome,
 };
+use super::Spread;
 use super::{Placement, Pool, PoolConfig};
 use crate::protocol::Protocol;
 use crate::transport::Connector;
-use crate::{Authority, ConfigError, Connection, ConnectionConfig, PoolError, Pushed};
+use crate::{
+    Authority, ConfigError, Connection, ConnectionConfig, ConnectionEvent, PoolError, Pushed,
+};
 
 /// The groups of a pool by authority, readable by handles without the actor.
 pub(crate) struct Registry<C: Connector, P: Protocol> {
@@ -53,6 +56,7 @@ pub struct PoolBuilder<C: Connector, P: Protocol> {
     pub(crate) config: PoolConfig,
     pub(crate) connection: ConnectionConfig,
     pub(crate) pushes: Option<Recipient<Pushed<P>>>,
+    pub(crate) events: Option<Recipient<ConnectionEvent>>,
     pub(crate) placement: Option<Placement<C, P>>,
     pub(crate) authorities: Vec<Authority>,
 }
@@ -87,6 +91,16 @@ impl<C: Connector, P: Protocol> PoolBuilder<C, P> {
     /// nobody.
     pub fn pushes(mut self, recipient: Recipient<Pushed<P>>) -> Self {
         self.pushes = Some(recipient);
+        self
+    }
+
+    /// Who hears about the life of every pooled connection: its
+    /// [`ConnectionEvent::Connected`], [`ConnectionEvent::Closing`] and
+    /// [`ConnectionEvent::Closed`], forwarded by the pool after it handled them (a
+    /// [`Broker`](crate::Broker) uses them to move its work off closing
+    /// connections). Defaults to nobody.
+    pub fn events(mut self, recipient: Recipient<ConnectionEvent>) -> Self {
+        self.events = Some(recipient);
         self
     }
 
@@ -239,7 +253,10 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
     /// [`CheckoutShared`](super::CheckoutShared). Waits up to the pool's
     /// `checkout_timeout` when there is no connection yet.
     pub async fn shared(&self, authority: &Authority) -> Result<SharedConnection<C, P>, PoolError> {
-        self.group(authority).await?.shared(None).await
+        self.group(authority)
+            .await?
+            .shared(None, Spread::LeastLoaded)
+            .await
     }
 
     /// Like [`shared`](Self::shared), waiting up to `timeout`.
@@ -248,7 +265,21 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
         authority: &Authority,
         timeout: Duration,
     ) -> Result<SharedConnection<C, P>, PoolError> {
-        self.group(authority).await?.shared(Some(timeout)).await
+        self.group(authority)
+            .await?
+            .shared(Some(timeout), Spread::LeastLoaded)
+            .await
+    }
+
+    /// A connection to `authority` for shared use, picked as `spread` says, waiting up
+    /// to `timeout` (or the pool's `checkout_timeout`) when there is none yet.
+    pub async fn shared_by(
+        &self,
+        authority: &Authority,
+        spread: Spread,
+        timeout: Option<Duration>,
+    ) -> Result<SharedConnection<C, P>, PoolError> {
+        self.group(authority).await?.shared(timeout, spread).await
     }
 
     /// A snapshot of the pool; [`PoolError::Closed`] if the pool actor has stopped.

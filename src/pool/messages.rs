@@ -62,6 +62,19 @@ impl<C: Connector, P: Protocol> Message for Checkout<C, P> {
     type Result = Result<Lease<C, P>, PoolError>;
 }
 
+/// How a connection for shared use is picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Spread {
+    /// The one with the fewest calls in flight, ties taken in turn.
+    #[default]
+    LeastLoaded,
+    /// The less loaded of two picked at random ("power of two choices"): close to
+    /// the least loaded, without every picker piling onto the same one between two
+    /// load readings.
+    TwoChoices,
+}
+
 /// Gets the least loaded connection to `authority` for shared (multiplexed) use.
 ///
 /// When even the least loaded connection has `grow_threshold` calls in flight, the

@@ -68,7 +68,7 @@ pub use handle::{PoolBuilder, PoolHandle};
 pub use lease::{Lease, SharedConnection};
 pub use messages::{
     AuthorityStatus, Checkout, CheckoutShared, CheckoutStats, Close, Drain, GetStatus, MemberState,
-    MemberStatus, PoolCounters, PoolStatus, Resize, ShutdownOutcome,
+    MemberStatus, PoolCounters, PoolStatus, Resize, ShutdownOutcome, Spread,
 };
 
 use crate::connection::{later, InFlightGauge};
@@ -168,6 +168,8 @@ pub struct Pool<C: Connector, P: Protocol> {
     config: Arc<PoolConfig>,
     connection: ConnectionConfig,
     pushes: Option<Recipient<Pushed<P>>>,
+    /// Hears the pool's connections' lives (a Broker).
+    events: Option<Recipient<ConnectionEvent>>,
     placement: Option<Placement<C, P>>,
     registry: Arc<Registry<C, P>>,
     addr: Addr<Pool<C, P>>,
@@ -228,6 +230,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             config: PoolConfig::default(),
             connection: ConnectionConfig::default(),
             pushes: None,
+            events: None,
             placement: None,
             authorities: Vec::new(),
         }
@@ -240,6 +243,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             config: Arc::new(builder.config),
             connection: builder.connection,
             pushes: builder.pushes,
+            events: builder.events,
             placement: builder.placement,
             registry,
             addr,
@@ -409,9 +413,9 @@ impl<C: Connector, P: Protocol> Handler<CheckoutShared<C, P>> for Pool<C, P> {
             return CheckoutReply(Box::pin(async move { Err(error) }));
         }
         let group = self.group_for(&checkout.authority, ctx);
-        CheckoutReply(Box::pin(
-            async move { group.shared(checkout.timeout).await },
-        ))
+        CheckoutReply(Box::pin(async move {
+            group.shared(checkout.timeout, Spread::LeastLoaded).await
+        }))
     }
 }
 
@@ -510,14 +514,24 @@ impl<C: Connector, P: Protocol> Handler<ConnectionEvent> for Pool<C, P> {
 
     /// Learns round trips, and counts out and replaces connections that closed.
     fn handle(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
-        match event {
+        let forward = match &event {
             ConnectionEvent::Rtt { id, rtt } => {
-                if let Some(tracked) = self.tracked.get_mut(&id) {
-                    tracked.rtt = Some(rtt);
+                if let Some(tracked) = self.tracked.get_mut(id) {
+                    tracked.rtt = Some(*rtt);
                 }
+                false
             }
-            ConnectionEvent::Closed { id, reason } => self.on_closed(id, reason, ctx),
-            _ => {}
+            ConnectionEvent::Closed { id, reason } => {
+                self.on_closed(*id, reason.clone(), ctx);
+                true
+            }
+            ConnectionEvent::Connected { .. } | ConnectionEvent::Closing { .. } => true,
+            _ => false,
+        };
+        if let (true, Some(events)) = (forward, &self.events) {
+            // `do_send`: these are a few per connection's life, and a listener that
+            // missed a `Closed` would route to a dead connection until a call failed.
+            events.do_send(event);
         }
     }
 }

@@ -56,6 +56,15 @@ pub enum FrameKind {
     Ping = 5,
     /// The answer to a [`FrameKind::Ping`].
     Pong = 6,
+    /// A message for every subscriber of its topic; answered like a request, and the
+    /// answer confirms that the server took it.
+    Publish = 7,
+    /// Subscribes the connection to its topic; the payload may carry the last sequence
+    /// number the client saw (8 bytes, big-endian), to catch up from. Answered like a
+    /// request.
+    Subscribe = 8,
+    /// Ends the connection's subscription to its topic. Answered like a request.
+    Unsubscribe = 9,
 }
 
 impl FrameKind {
@@ -67,6 +76,9 @@ impl FrameKind {
             4 => Self::Push,
             5 => Self::Ping,
             6 => Self::Pong,
+            7 => Self::Publish,
+            8 => Self::Subscribe,
+            9 => Self::Unsubscribe,
             _ => return None,
         })
     }
@@ -109,6 +121,14 @@ impl Frame {
     /// An error frame answering request `id` with a message.
     pub fn error(id: u64, message: impl Into<Bytes>) -> Self {
         Self::new(FrameKind::Error, id, message)
+    }
+
+    /// Whether the peer answers this frame with a response or an error of the same id.
+    pub fn expects_reply(&self) -> bool {
+        matches!(
+            self.kind,
+            FrameKind::Request | FrameKind::Publish | FrameKind::Subscribe | FrameKind::Unsubscribe
+        )
     }
 
     /// A push frame on `topic`.
@@ -339,13 +359,26 @@ impl Encoder<&Frame> for FrameCodec {
     }
 }
 
-/// A request in the `frame` protocol: a payload and an optional topic.
+/// A request in the `frame` protocol: a payload and an optional topic, sent as a
+/// [`FrameKind::Request`] or as one of the broker's requests (publish, subscribe,
+/// unsubscribe).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FrameRequest {
     /// An optional topic, for servers that route requests by it.
     pub topic: Option<Bytes>,
     /// The request's bytes.
     pub payload: Bytes,
+    kind: RequestKind,
+}
+
+/// Which of the frame kinds that expect an answer a [`FrameRequest`] is sent as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum RequestKind {
+    #[default]
+    Request,
+    Publish,
+    Subscribe,
+    Unsubscribe,
 }
 
 impl FrameRequest {
@@ -354,6 +387,41 @@ impl FrameRequest {
         Self {
             topic: None,
             payload: payload.into(),
+            kind: RequestKind::Request,
+        }
+    }
+
+    /// A [`FrameKind::Publish`] of `payload` on `topic`.
+    pub fn publish(topic: impl Into<Bytes>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: Some(topic.into()),
+            payload: payload.into(),
+            kind: RequestKind::Publish,
+        }
+    }
+
+    /// A [`FrameKind::Subscribe`] to `topic`, catching up on what was published
+    /// after sequence number `after` if the server still has it (0 for only what
+    /// comes next).
+    pub fn subscribe(topic: impl Into<Bytes>, after: u64) -> Self {
+        let payload = if after == 0 {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&after.to_be_bytes())
+        };
+        Self {
+            topic: Some(topic.into()),
+            payload,
+            kind: RequestKind::Subscribe,
+        }
+    }
+
+    /// A [`FrameKind::Unsubscribe`] from `topic`.
+    pub fn unsubscribe(topic: impl Into<Bytes>) -> Self {
+        Self {
+            topic: Some(topic.into()),
+            payload: Bytes::new(),
+            kind: RequestKind::Unsubscribe,
         }
     }
 
@@ -362,6 +430,16 @@ impl FrameRequest {
     pub fn with_topic(mut self, topic: impl Into<Bytes>) -> Self {
         self.topic = Some(topic.into());
         self
+    }
+
+    /// The kind of frame this request is sent as.
+    pub fn kind(&self) -> FrameKind {
+        match self.kind {
+            RequestKind::Request => FrameKind::Request,
+            RequestKind::Publish => FrameKind::Publish,
+            RequestKind::Subscribe => FrameKind::Subscribe,
+            RequestKind::Unsubscribe => FrameKind::Unsubscribe,
+        }
     }
 }
 
@@ -392,6 +470,9 @@ impl From<Vec<u8>> for FrameRequest {
 /// An unsolicited [`FrameKind::Push`] frame: a topic and a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FramePush {
+    /// The frame's id: for a message from a subscription, its sequence number in the
+    /// topic (numbered from 1 by the server's broker).
+    pub seq: u64,
     /// The push's topic, if it had one.
     pub topic: Option<Bytes>,
     /// The push's bytes.
@@ -441,7 +522,7 @@ impl Protocol for FrameProtocol {
 
     fn request(&self, id: u64, request: FrameRequest) -> Frame {
         Frame {
-            kind: FrameKind::Request,
+            kind: request.kind(),
             id,
             topic: request.topic,
             payload: request.payload,
@@ -467,11 +548,19 @@ impl Protocol for FrameProtocol {
             },
             FrameKind::Pong => Inbound::Pong { id: frame.id },
             FrameKind::Push => Inbound::Push(FramePush {
+                seq: frame.id,
                 topic: frame.topic,
                 payload: frame.payload,
             }),
-            FrameKind::Request => Inbound::Request(frame),
+            FrameKind::Request
+            | FrameKind::Publish
+            | FrameKind::Subscribe
+            | FrameKind::Unsubscribe => Inbound::Request(frame),
         }
+    }
+
+    fn reject(&self, request: &Frame, reason: &str) -> Option<Frame> {
+        Some(Frame::error(request.id, reason.to_owned()))
     }
 
     fn close_reason(error: FrameError) -> CloseReason {

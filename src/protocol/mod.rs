@@ -55,7 +55,8 @@ pub enum Inbound<P: Protocol> {
     },
     /// An unsolicited message for the push recipient.
     Push(P::Push),
-    /// A request from the peer. A client Connection treats it as a protocol violation.
+    /// A request from the peer, handed to the connection's request recipient (a
+    /// server). A connection without one treats it as a protocol violation.
     Request(P::Frame),
 }
 
@@ -66,7 +67,7 @@ pub enum Inbound<P: Protocol> {
 /// input, and must check a claimed length against its limit before it allocates.
 pub trait Protocol: Clone + Unpin + 'static {
     /// One frame on the wire, in either direction.
-    type Frame: 'static;
+    type Frame: Send + 'static;
     /// Decodes inbound frames and encodes outbound ones.
     type Codec: Decoder<Item = Self::Frame, Error = Self::CodecError>
         + Encoder<Self::Frame, Error = Self::CodecError>
@@ -98,6 +99,14 @@ pub trait Protocol: Clone + Unpin + 'static {
 
     /// What an inbound frame means.
     fn classify(&self, frame: Self::Frame) -> Inbound<Self>;
+
+    /// The frame that refuses a peer's `request` with `reason` (a server that cannot
+    /// take it now), or `None` if the protocol has no way to say no, in which case
+    /// the connection closes instead. Defaults to `None`.
+    fn reject(&self, request: &Self::Frame, reason: &str) -> Option<Self::Frame> {
+        let _ = (request, reason);
+        None
+    }
 
     /// Why a connection closes after its codec failed. The default calls every codec
     /// error malformed input; override it to tell transport errors apart.
