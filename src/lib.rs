@@ -68,6 +68,7 @@ mod authority;
 mod connection;
 mod error;
 pub mod pool;
+pub mod server;
 pub mod protocol;
 pub mod transport;
 

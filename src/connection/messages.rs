@@ -115,7 +115,7 @@ pub struct Deliver<P: Protocol> {
     /// What to do if the peer is not reading fast enough.
     pub overflow: Overflow,
     /// Counts this message in its sender's queue until the connection handles it.
-    pub(crate) ticket: Option<QueueTicket>,
+    pub(crate) _ticket: Option<QueueTicket>,
 }
 
 impl<P: Protocol> Deliver<P> {
@@ -124,7 +124,7 @@ impl<P: Protocol> Deliver<P> {
         Self {
             frame,
             overflow,
-            ticket: None,
+            _ticket: None,
         }
     }
 }
@@ -175,6 +175,12 @@ impl Drop for QueueTicket {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// Closes the connection at once with `reason`: how a server disconnects a peer whose
+/// queue is full without going through that queue.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Evict(pub(crate) CloseReason);
 
 /// A request from the peer, handed to the connection's request recipient (a server's
 /// broker), which answers it by sending the connection a [`Deliver`].

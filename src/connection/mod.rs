@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 pub use config::{ConnectionConfig, ConnectionConfigBuilder};
-pub(crate) use messages::QueueTicket;
+pub(crate) use messages::{Evict, QueueTicket};
 pub use messages::{
     Abort, Call, Close, ConnectionEvent, ConnectionId, ConnectionStats, Deliver, GetStats,
     Incoming, Overflow, Ping, Pushed, SendFrame,
@@ -827,6 +827,15 @@ impl<T: Transport, P: Protocol> Handler<Deliver<P>> for Connection<T, P> {
                 tracing::debug!(parent: &self.span, %error, "delivery dropped");
             }
         }
+    }
+}
+
+impl<T: Transport, P: Protocol> Handler<Evict> for Connection<T, P> {
+    type Result = ();
+
+    /// Stops at once with the given reason.
+    fn handle(&mut self, Evict(reason): Evict, ctx: &mut Context<Self>) {
+        self.shutdown(reason, ctx);
     }
 }
 

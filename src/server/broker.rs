@@ -1,0 +1,620 @@
+//! The server's broker: the one actor that knows every accepted connection, routes
+//! their requests to handlers and fans publishes out to subscribers.
+//!
+//! # Messages
+//! - From each [`Connection`](crate::Connection) (its request recipient):
+//!   [`Incoming`] frames: `Request` (dispatched by its topic, the *route*, to a
+//!   handler), `Publish`, `Subscribe` and `Unsubscribe`. Each is answered with a
+//!   `Response` or an `Error` frame of the same id.
+//! - From the [`Listener`](super::Listener): `Register` when it starts a connection,
+//!   and the connection's [`ConnectionEvent::Closed`], after which every subscription
+//!   of that connection is dropped.
+//! - From the application: [`Route`] (handlers), [`Broadcast`] (publish from the
+//!   server itself), [`GetServerStats`].
+//!
+//! # Topics, sequence numbers and catching up
+//! Every message published on a topic gets the topic's next sequence number (from 1),
+//! carried in the id of the push frame each subscriber receives and in the publish's
+//! confirmation. Each topic keeps its last `replay_window` messages: a client that
+//! lost its connection subscribes again with the last number it saw and first gets
+//! what it missed, in order, then what comes next; the subscribe's answer says how
+//! many messages were too old to replay (8 bytes, big-endian).
+//!
+//! # Slow subscribers
+//! Each connection has a bounded queue of frames on their way to it
+//! (`subscriber_queue` messages) and a bounded write buffer (its
+//! `max_write_buffer`). When either is full, the `slow_subscriber` policy applies:
+//! [`Overflow::Close`] disconnects that peer (it reconnects and catches up from the
+//! replay window), [`Overflow::Drop`] drops the message for that peer only. Either
+//! way the broker never waits for a peer, so one slow subscriber never stalls the
+//! others or the publisher.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
+    WrapFuture,
+};
+use bytes::Bytes;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::connection::{Evict, QueueTicket};
+use crate::protocol::frame::{Frame, FrameKind, FrameProtocol};
+use crate::protocol::RemoteError;
+use crate::{CloseReason, ConfigError, ConnectionEvent, ConnectionId, Deliver, Incoming, Overflow};
+
+/// A request a handler answers: what a client sent with
+/// [`Broker::request`](crate::Broker) (or any `Request` frame).
+#[derive(Debug, Clone)]
+pub struct ServerRequest {
+    /// The connection it came in on.
+    pub connection: ConnectionId,
+    /// The route it was sent to (the frame's topic), if any.
+    pub route: Option<Bytes>,
+    /// The request's bytes.
+    pub payload: Bytes,
+}
+
+impl Message for ServerRequest {
+    type Result = Result<Bytes, RemoteError>;
+}
+
+/// Sets the handler of requests sent to `route`, or of every request with no
+/// handler of its own when `route` is `None`. A later `Route` for the same route
+/// replaces the earlier one.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Route {
+    /// The route, or `None` for the fallback handler.
+    pub route: Option<Bytes>,
+    /// Who answers.
+    pub handler: Recipient<ServerRequest>,
+}
+
+/// Publishes from the server itself, as if a client had; resolves with the message's
+/// sequence number in its topic, or `None` if the topic could not be created
+/// (`max_topics`).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Option<u64>")]
+pub struct Broadcast {
+    /// The topic.
+    pub topic: Bytes,
+    /// The message.
+    pub payload: Bytes,
+}
+
+/// Asks for the server broker's counters.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "ServerStats")]
+pub struct GetServerStats;
+
+/// The server broker's counters and sizes.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Connections registered now.
+    pub connections: usize,
+    /// Topics known (with or without subscribers).
+    pub topics: usize,
+    /// Subscriptions now, over all topics and connections.
+    pub subscriptions: usize,
+    /// Messages published (by clients and [`Broadcast`]).
+    pub published: u64,
+    /// Copies of messages queued to subscribers.
+    pub delivered: u64,
+    /// Copies dropped because a subscriber's queue was full ([`Overflow::Drop`]).
+    pub dropped: u64,
+    /// Peers disconnected for being slow ([`Overflow::Close`]).
+    pub slow_disconnects: u64,
+    /// Messages replayed to subscribers catching up.
+    pub replayed: u64,
+    /// Requests handed to handlers.
+    pub requests: u64,
+    /// Requests answered with an error (no handler, handler failed or gone, too many
+    /// in flight, bad frame).
+    pub request_errors: u64,
+}
+
+/// The limits and policies of a [`ServerBroker`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    pub(crate) subscriber_queue: usize,
+    pub(crate) slow_subscriber: Overflow,
+    pub(crate) replay_window: usize,
+    pub(crate) max_topics: usize,
+    pub(crate) max_requests_per_connection: usize,
+    pub(crate) handler_timeout: Duration,
+    pub(crate) mailbox: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            subscriber_queue: 4096,
+            slow_subscriber: Overflow::Close,
+            replay_window: 1024,
+            max_topics: 65_536,
+            max_requests_per_connection: 1024,
+            handler_timeout: Duration::from_secs(30),
+            mailbox: 16_384,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Frames that may wait on their way to one connection (pushes and answers),
+    /// beyond its write buffer. Defaults to 4,096.
+    #[must_use]
+    pub fn subscriber_queue(mut self, messages: usize) -> Self {
+        self.subscriber_queue = messages;
+        self
+    }
+
+    /// What happens to a subscriber whose queue or write buffer is full. Defaults
+    /// to [`Overflow::Close`].
+    #[must_use]
+    pub fn slow_subscriber(mut self, policy: Overflow) -> Self {
+        self.slow_subscriber = policy;
+        self
+    }
+
+    /// Messages kept per topic for subscribers catching up. Defaults to 1,024.
+    #[must_use]
+    pub fn replay_window(mut self, messages: usize) -> Self {
+        self.replay_window = messages;
+        self
+    }
+
+    /// Topics the broker keeps at most; a publish or subscribe to a new topic past it
+    /// is refused. Defaults to 65,536.
+    #[must_use]
+    pub fn max_topics(mut self, topics: usize) -> Self {
+        self.max_topics = topics;
+        self
+    }
+
+    /// Requests of one connection that may wait for their handlers; more are
+    /// refused with an error. Defaults to 1,024.
+    #[must_use]
+    pub fn max_requests_per_connection(mut self, requests: usize) -> Self {
+        self.max_requests_per_connection = requests;
+        self
+    }
+
+    /// How long a handler may take before its request is answered with an error.
+    /// Defaults to 30 seconds.
+    #[must_use]
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// The broker's mailbox capacity: requests from connections past it are refused
+    /// by the connection itself, with an error frame. Defaults to 16,384.
+    #[must_use]
+    pub fn mailbox(mut self, messages: usize) -> Self {
+        self.mailbox = messages;
+        self
+    }
+
+    /// Checks the limits.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        for (name, value) in [
+            ("subscriber_queue", self.subscriber_queue),
+            ("max_topics", self.max_topics),
+            ("max_requests_per_connection", self.max_requests_per_connection),
+            ("mailbox", self.mailbox),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(name, "must be at least 1"));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// Tells the broker about a connection the listener started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Register {
+    pub(crate) connection: ConnectionId,
+    pub(crate) deliver: Recipient<Deliver<FrameProtocol>>,
+    pub(crate) evict: Recipient<Evict>,
+}
+
+/// One registered connection.
+struct Peer {
+    deliver: Recipient<Deliver<FrameProtocol>>,
+    evict: Recipient<Evict>,
+    /// Frames sent to it and not yet handled by it.
+    queued: Arc<AtomicUsize>,
+    topics: FxHashSet<Bytes>,
+    /// Requests waiting for their handlers.
+    requests: usize,
+    /// Set once the peer was disconnected for being slow: nothing more is sent.
+    evicted: bool,
+}
+
+#[derive(Default)]
+struct Topic {
+    subscribers: Vec<ConnectionId>,
+    /// The sequence number of the last message published.
+    head: u64,
+    retained: VecDeque<(u64, Bytes)>,
+}
+
+/// The server side's router; see the [module documentation](self). Start one with
+/// [`ServerBroker::start`], then give its address to a [`Listener`](super::Listener).
+pub struct ServerBroker {
+    config: ServerConfig,
+    peers: FxHashMap<ConnectionId, Peer>,
+    topics: FxHashMap<Bytes, Topic>,
+    routes: FxHashMap<Bytes, Recipient<ServerRequest>>,
+    fallback: Option<Recipient<ServerRequest>>,
+    stats: ServerStats,
+}
+
+impl fmt::Debug for ServerBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBroker")
+            .field("connections", &self.peers.len())
+            .field("topics", &self.topics.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a frame is handed to a peer.
+enum Sent {
+    Queued,
+    Dropped,
+    Evicted,
+}
+
+impl ServerBroker {
+    /// A broker with `config` (checked), not yet started.
+    pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
+            config: config.validate()?,
+            peers: FxHashMap::default(),
+            topics: FxHashMap::default(),
+            routes: FxHashMap::default(),
+            fallback: None,
+            stats: ServerStats::default(),
+        })
+    }
+
+    /// Starts a broker with `config` in the current arbiter.
+    pub fn start(config: ServerConfig) -> Result<actix::Addr<Self>, ConfigError> {
+        Ok(Actor::start(Self::new(config)?))
+    }
+
+    /// Queues `frame` to `connection` within its queue bound, applying `overflow`
+    /// when it does not fit.
+    fn send(&mut self, connection: ConnectionId, frame: Frame, overflow: Overflow) -> Sent {
+        let Some(peer) = self.peers.get_mut(&connection) else {
+            return Sent::Dropped;
+        };
+        if peer.evicted {
+            return Sent::Dropped;
+        }
+        let limit = self.config.subscriber_queue;
+        let full = match QueueTicket::take(&peer.queued, limit) {
+            Ok(ticket) => {
+                let deliver = Deliver {
+                    frame,
+                    overflow,
+                    _ticket: Some(ticket),
+                };
+                // `do_send`: the ticket bounds what is queued to this peer, and a
+                // connection that stopped drops the frame, which is then nobody's.
+                peer.deliver.do_send(deliver);
+                return Sent::Queued;
+            }
+            Err(queued) => queued,
+        };
+        match overflow {
+            Overflow::Drop => Sent::Dropped,
+            Overflow::Close => {
+                peer.evicted = true;
+                tracing::info!(%connection, queued = full, limit, "slow peer disconnected");
+                // `do_send` passes the full mailbox; the eviction must get through.
+                peer.evict.do_send(Evict(CloseReason::SlowConsumer {
+                    queued: full,
+                    limit,
+                }));
+                self.stats.slow_disconnects += 1;
+                Sent::Evicted
+            }
+        }
+    }
+
+    /// Answers request `id` on `connection`. A peer that does not read its answers
+    /// is disconnected, whatever the policy for subscribers.
+    fn answer(&mut self, connection: ConnectionId, frame: Frame) {
+        self.send(connection, frame, Overflow::Close);
+    }
+
+    fn refuse(&mut self, connection: ConnectionId, id: u64, message: impl Into<Bytes>) {
+        self.stats.request_errors += 1;
+        self.answer(connection, Frame::error(id, message));
+    }
+
+    /// The topic, created if there is room.
+    fn topic(&mut self, name: &Bytes) -> Option<&mut Topic> {
+        if !self.topics.contains_key(name) && self.topics.len() >= self.config.max_topics {
+            return None;
+        }
+        Some(self.topics.entry(name.clone()).or_default())
+    }
+
+    /// Publishes `payload` on `topic` to every subscriber; the message's sequence
+    /// number, or `None` if the topic could not be created.
+    fn publish(&mut self, topic: &Bytes, payload: Bytes) -> Option<u64> {
+        let window = self.config.replay_window;
+        let entry = self.topic(topic)?;
+        entry.head += 1;
+        let seq = entry.head;
+        if window > 0 {
+            if entry.retained.len() == window {
+                entry.retained.pop_front();
+            }
+            entry.retained.push_back((seq, payload.clone()));
+        }
+        let subscribers = entry.subscribers.clone();
+        self.stats.published += 1;
+        let overflow = self.config.slow_subscriber;
+        for subscriber in subscribers {
+            let push = Frame {
+                kind: FrameKind::Push,
+                id: seq,
+                topic: Some(topic.clone()),
+                payload: payload.clone(),
+            };
+            match self.send(subscriber, push, overflow) {
+                Sent::Queued => self.stats.delivered += 1,
+                Sent::Dropped | Sent::Evicted => self.stats.dropped += 1,
+            }
+        }
+        Some(seq)
+    }
+
+    fn on_publish(&mut self, connection: ConnectionId, frame: Frame) {
+        let Some(topic) = frame.topic else {
+            return self.refuse(connection, frame.id, "publish without a topic");
+        };
+        match self.publish(&topic, frame.payload) {
+            Some(seq) => self.answer(
+                connection,
+                Frame::response(frame.id, Bytes::copy_from_slice(&seq.to_be_bytes())),
+            ),
+            None => self.refuse(connection, frame.id, "too many topics"),
+        }
+    }
+
+    fn on_subscribe(&mut self, connection: ConnectionId, frame: Frame) {
+        let Some(name) = frame.topic else {
+            return self.refuse(connection, frame.id, "subscribe without a topic");
+        };
+        let after = match frame.payload.len() {
+            0 => 0,
+            8 => u64::from_be_bytes(frame.payload[..].try_into().expect("8 bytes")),
+            _ => return self.refuse(connection, frame.id, "subscribe: bad sequence number"),
+        };
+        if !self.peers.contains_key(&connection) {
+            return;
+        }
+        let Some(topic) = self.topic(&name) else {
+            return self.refuse(connection, frame.id, "too many topics");
+        };
+        if !topic.subscribers.contains(&connection) {
+            topic.subscribers.push(connection);
+        }
+        // Catch up from `after`, if it is a number this topic has given out; one from
+        // before a restart of this server (ahead of `head`) gets only what comes next.
+        let (replay, missed) = if after == 0 || after >= topic.head {
+            (Vec::new(), 0)
+        } else {
+            let oldest = topic.retained.front().map_or(topic.head + 1, |(seq, _)| *seq);
+            let missed = oldest.saturating_sub(after + 1);
+            let replay: Vec<(u64, Bytes)> = topic
+                .retained
+                .iter()
+                .filter(|(seq, _)| *seq > after)
+                .cloned()
+                .collect();
+            (replay, missed)
+        };
+        if let Some(peer) = self.peers.get_mut(&connection) {
+            peer.topics.insert(name.clone());
+        }
+        let overflow = self.config.slow_subscriber;
+        for (seq, payload) in replay {
+            let push = Frame {
+                kind: FrameKind::Push,
+                id: seq,
+                topic: Some(name.clone()),
+                payload,
+            };
+            match self.send(connection, push, overflow) {
+                Sent::Queued => self.stats.replayed += 1,
+                Sent::Dropped => self.stats.dropped += 1,
+                Sent::Evicted => return,
+            }
+        }
+        self.answer(
+            connection,
+            Frame::response(frame.id, Bytes::copy_from_slice(&missed.to_be_bytes())),
+        );
+    }
+
+    fn on_unsubscribe(&mut self, connection: ConnectionId, frame: Frame) {
+        let Some(name) = frame.topic else {
+            return self.refuse(connection, frame.id, "unsubscribe without a topic");
+        };
+        if let Some(peer) = self.peers.get_mut(&connection) {
+            peer.topics.remove(&name);
+        }
+        if let Some(topic) = self.topics.get_mut(&name) {
+            topic.subscribers.retain(|id| *id != connection);
+        }
+        self.answer(connection, Frame::response(frame.id, Bytes::new()));
+    }
+
+    fn on_request(&mut self, connection: ConnectionId, frame: Frame, ctx: &mut Context<Self>) {
+        let handler = frame
+            .topic
+            .as_ref()
+            .and_then(|route| self.routes.get(route))
+            .or(self.fallback.as_ref())
+            .cloned();
+        let Some(handler) = handler else {
+            return self.refuse(connection, frame.id, "no handler for this route");
+        };
+        let limit = self.config.max_requests_per_connection;
+        match self.peers.get_mut(&connection) {
+            Some(peer) if peer.requests < limit => peer.requests += 1,
+            Some(_) => return self.refuse(connection, frame.id, "too many requests in flight"),
+            None => return,
+        }
+        self.stats.requests += 1;
+        let id = frame.id;
+        let request = ServerRequest {
+            connection,
+            route: frame.topic,
+            payload: frame.payload,
+        };
+        let answer = handler
+            .send(request)
+            .timeout(self.config.handler_timeout);
+        ctx.spawn(answer.into_actor(self).map(move |answer, this, _| {
+            if let Some(peer) = this.peers.get_mut(&connection) {
+                peer.requests -= 1;
+            }
+            let frame = match answer {
+                Ok(Ok(reply)) => Frame::response(id, reply),
+                Ok(Err(error)) => Frame::error(id, error.message().clone()),
+                Err(actix::MailboxError::Timeout) => {
+                    this.stats.request_errors += 1;
+                    Frame::error(id, "handler timed out")
+                }
+                Err(actix::MailboxError::Closed) => {
+                    this.stats.request_errors += 1;
+                    Frame::error(id, "handler gone")
+                }
+            };
+            this.answer(connection, frame);
+        }));
+    }
+
+    fn forget(&mut self, connection: ConnectionId) {
+        let Some(peer) = self.peers.remove(&connection) else {
+            return;
+        };
+        for name in peer.topics {
+            if let Some(topic) = self.topics.get_mut(&name) {
+                topic.subscribers.retain(|id| *id != connection);
+            }
+        }
+    }
+
+    fn stats(&self) -> ServerStats {
+        ServerStats {
+            connections: self.peers.len(),
+            topics: self.topics.len(),
+            subscriptions: self.topics.values().map(|t| t.subscribers.len()).sum(),
+            ..self.stats.clone()
+        }
+    }
+}
+
+impl Actor for ServerBroker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.config.mailbox);
+    }
+}
+
+impl Handler<Register> for ServerBroker {
+    type Result = ();
+
+    /// Starts routing for a new connection.
+    fn handle(&mut self, register: Register, _: &mut Context<Self>) {
+        self.peers.insert(
+            register.connection,
+            Peer {
+                deliver: register.deliver,
+                evict: register.evict,
+                queued: Arc::new(AtomicUsize::new(0)),
+                topics: FxHashSet::default(),
+                requests: 0,
+                evicted: false,
+            },
+        );
+    }
+}
+
+impl Handler<ConnectionEvent> for ServerBroker {
+    type Result = ();
+
+    /// Drops a closed connection and every subscription it had.
+    fn handle(&mut self, event: ConnectionEvent, _: &mut Context<Self>) {
+        if let ConnectionEvent::Closed { id, .. } = event {
+            self.forget(id);
+        }
+    }
+}
+
+impl Handler<Incoming<FrameProtocol>> for ServerBroker {
+    type Result = ();
+
+    /// Routes one request frame from a connection.
+    fn handle(&mut self, incoming: Incoming<FrameProtocol>, ctx: &mut Context<Self>) {
+        let Incoming { connection, frame } = incoming;
+        match frame.kind {
+            FrameKind::Request => self.on_request(connection, frame, ctx),
+            FrameKind::Publish => self.on_publish(connection, frame),
+            FrameKind::Subscribe => self.on_subscribe(connection, frame),
+            FrameKind::Unsubscribe => self.on_unsubscribe(connection, frame),
+            // The connection hands over only frames that expect an answer.
+            _ => self.refuse(connection, frame.id, "not a request"),
+        }
+    }
+}
+
+impl Handler<Route> for ServerBroker {
+    type Result = ();
+
+    /// Sets a route's handler.
+    fn handle(&mut self, route: Route, _: &mut Context<Self>) {
+        match route.route {
+            Some(name) => {
+                self.routes.insert(name, route.handler);
+            }
+            None => self.fallback = Some(route.handler),
+        }
+    }
+}
+
+impl Handler<Broadcast> for ServerBroker {
+    type Result = Option<u64>;
+
+    /// Publishes from the server.
+    fn handle(&mut self, broadcast: Broadcast, _: &mut Context<Self>) -> Option<u64> {
+        self.publish(&broadcast.topic, broadcast.payload)
+    }
+}
+
+impl Handler<GetServerStats> for ServerBroker {
+    type Result = MessageResult<GetServerStats>;
+
+    /// A snapshot of the counters.
+    fn handle(&mut self, _: GetServerStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
