@@ -65,14 +65,16 @@
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod authority;
+pub mod broker;
 mod connection;
 mod error;
 pub mod pool;
-pub mod server;
 pub mod protocol;
+pub mod server;
 pub mod transport;
 
 pub use authority::Authority;
+pub use broker::{Broker, BrokerHandle};
 pub use connection::{
     Abort, Call, CallReply, Close, Connection, ConnectionBuilder, ConnectionConfig,
     ConnectionConfigBuilder, ConnectionEvent, ConnectionId, ConnectionStats, Deliver, GetStats,

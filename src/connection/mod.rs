@@ -21,11 +21,11 @@ use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
 pub use config::{ConnectionConfig, ConnectionConfigBuilder};
-pub(crate) use messages::{Evict, QueueTicket};
 pub use messages::{
     Abort, Call, Close, ConnectionEvent, ConnectionId, ConnectionStats, Deliver, GetStats,
     Incoming, Overflow, Ping, Pushed, SendFrame,
 };
+pub(crate) use messages::{Evict, QueueTicket};
 pub(crate) use pending::InFlightGauge;
 
 use crate::protocol::{Correlation, Inbound, Protocol};

@@ -17,8 +17,10 @@
 //! carried in the id of the push frame each subscriber receives and in the publish's
 //! confirmation. Each topic keeps its last `replay_window` messages: a client that
 //! lost its connection subscribes again with the last number it saw and first gets
-//! what it missed, in order, then what comes next; the subscribe's answer says how
-//! many messages were too old to replay (8 bytes, big-endian).
+//! what it missed, in order, then what comes next. The subscribe's answer is two
+//! big-endian `u64`s: how many messages were too old to replay, and the topic's
+//! last sequence number (so a client can tell that a restarted server numbers the
+//! topic from scratch).
 //!
 //! # Slow subscribers
 //! Each connection has a bounded queue of frames on their way to it
@@ -207,7 +209,10 @@ impl ServerConfig {
         for (name, value) in [
             ("subscriber_queue", self.subscriber_queue),
             ("max_topics", self.max_topics),
-            ("max_requests_per_connection", self.max_requests_per_connection),
+            (
+                "max_requests_per_connection",
+                self.max_requests_per_connection,
+            ),
             ("mailbox", self.mailbox),
         ] {
             if value == 0 {
@@ -419,7 +424,10 @@ impl ServerBroker {
         let (replay, missed) = if after == 0 || after >= topic.head {
             (Vec::new(), 0)
         } else {
-            let oldest = topic.retained.front().map_or(topic.head + 1, |(seq, _)| *seq);
+            let oldest = topic
+                .retained
+                .front()
+                .map_or(topic.head + 1, |(seq, _)| *seq);
             let missed = oldest.saturating_sub(after + 1);
             let replay: Vec<(u64, Bytes)> = topic
                 .retained
@@ -446,10 +454,11 @@ impl ServerBroker {
                 Sent::Evicted => return,
             }
         }
-        self.answer(
-            connection,
-            Frame::response(frame.id, Bytes::copy_from_slice(&missed.to_be_bytes())),
-        );
+        let head = self.topics.get(&name).map_or(0, |topic| topic.head);
+        let mut answer = Vec::with_capacity(16);
+        answer.extend_from_slice(&missed.to_be_bytes());
+        answer.extend_from_slice(&head.to_be_bytes());
+        self.answer(connection, Frame::response(frame.id, answer));
     }
 
     fn on_unsubscribe(&mut self, connection: ConnectionId, frame: Frame) {
@@ -488,9 +497,7 @@ impl ServerBroker {
             route: frame.topic,
             payload: frame.payload,
         };
-        let answer = handler
-            .send(request)
-            .timeout(self.config.handler_timeout);
+        let answer = handler.send(request).timeout(self.config.handler_timeout);
         ctx.spawn(answer.into_actor(self).map(move |answer, this, _| {
             if let Some(peer) = this.peers.get_mut(&connection) {
                 peer.requests -= 1;

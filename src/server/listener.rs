@@ -64,9 +64,10 @@ impl Accept for tokio::net::UnixListener {
     fn accept(self: Rc<Self>) -> LocalBoxFuture<'static, io::Result<(Self::Io, String)>> {
         Box::pin(async move {
             let (stream, peer) = tokio::net::UnixListener::accept(&self).await?;
-            let name = peer
-                .as_pathname()
-                .map_or_else(|| "unix:unnamed".to_owned(), |path| path.display().to_string());
+            let name = peer.as_pathname().map_or_else(
+                || "unix:unnamed".to_owned(),
+                |path| path.display().to_string(),
+            );
             Ok((stream, name))
         })
     }
@@ -216,25 +217,31 @@ impl<A: Accept> Listener<A> {
             if !self.stats.is_paused {
                 self.stats.is_paused = true;
                 self.stats.paused += 1;
-                tracing::debug!(open = self.open.len(), "accepting paused at max_connections");
+                tracing::debug!(
+                    open = self.open.len(),
+                    "accepting paused at max_connections"
+                );
             }
             return;
         }
         self.stats.is_paused = false;
-        let accepted = acceptor.accept().into_actor(self).map(|accepted, this, ctx| {
-            this.accepting = None;
-            match accepted {
-                Ok((io, peer)) => {
-                    this.serve(io, peer, ctx);
-                    this.accept_next(ctx);
+        let accepted = acceptor
+            .accept()
+            .into_actor(self)
+            .map(|accepted, this, ctx| {
+                this.accepting = None;
+                match accepted {
+                    Ok((io, peer)) => {
+                        this.serve(io, peer, ctx);
+                        this.accept_next(ctx);
+                    }
+                    Err(error) => {
+                        this.stats.accept_errors += 1;
+                        tracing::warn!(%error, "accept failed");
+                        ctx.run_later(ACCEPT_RETRY, |this, ctx| this.accept_next(ctx));
+                    }
                 }
-                Err(error) => {
-                    this.stats.accept_errors += 1;
-                    tracing::warn!(%error, "accept failed");
-                    ctx.run_later(ACCEPT_RETRY, |this, ctx| this.accept_next(ctx));
-                }
-            }
-        });
+            });
         self.accepting = Some(ctx.spawn(accepted));
     }
 

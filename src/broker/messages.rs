@@ -1,0 +1,310 @@
+//! The messages a [`Broker`](super::Broker) handles, what it delivers, and its errors.
+
+use std::fmt;
+use std::time::Duration;
+
+use actix::{Message, Recipient};
+use bytes::Bytes;
+
+use crate::{CallError, PoolError};
+
+/// Identifies a producer whose messages must arrive in the order it published them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProducerId(pub u64);
+
+/// Identifies one subscription, to end it with [`Unsubscribe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(pub(crate) u64);
+
+/// How a publish is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// In order with the producer's other messages: they all go over one connection
+    /// at a time, and a message is written only after every earlier one on an old
+    /// connection was confirmed or failed.
+    Ordered(ProducerId),
+    /// No order: over the less loaded of two connections picked at random.
+    Unordered,
+}
+
+/// Publishes `payload` on `topic`; resolves once the server confirmed it, or with
+/// [`Unconfirmed`], exactly once.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// The topic.
+    pub topic: Bytes,
+    /// The message.
+    pub payload: Bytes,
+    /// How it is routed.
+    pub order: Order,
+}
+
+impl Publish {
+    /// A publish in order with the producer's other ordered publishes.
+    pub fn ordered(
+        producer: ProducerId,
+        topic: impl Into<Bytes>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            order: Order::Ordered(producer),
+        }
+    }
+
+    /// A publish with no order, spread by load.
+    pub fn unordered(topic: impl Into<Bytes>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            order: Order::Unordered,
+        }
+    }
+}
+
+impl Message for Publish {
+    type Result = Result<Confirmed, Unconfirmed>;
+}
+
+/// The server took a published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Confirmed {
+    /// The message's sequence number in its topic.
+    pub seq: u64,
+}
+
+/// A published message the server did not confirm.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("publish not confirmed: {error}")]
+pub struct Unconfirmed {
+    /// Why.
+    pub error: BrokerError,
+}
+
+impl Unconfirmed {
+    /// Whether the message may still have reached the server (its connection closed
+    /// or the confirmation timed out after it was written). When this is `false` it
+    /// was never delivered to anyone.
+    pub fn maybe_delivered(&self) -> bool {
+        matches!(
+            self.error,
+            BrokerError::Call(CallError::Closed(_) | CallError::Timeout { .. })
+        )
+    }
+}
+
+/// Sends a request to the server's handler for `route` and resolves with its answer.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The route (the handler's name), or `None` for the server's fallback handler.
+    pub route: Option<Bytes>,
+    /// The request's bytes.
+    pub payload: Bytes,
+    /// This request's timeout, or `None` for the connection's `call_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+impl Request {
+    /// A request to `route`.
+    pub fn new(route: impl Into<Bytes>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            route: Some(route.into()),
+            payload: payload.into(),
+            timeout: None,
+        }
+    }
+
+    /// This request with its own timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl Message for Request {
+    type Result = Result<Bytes, BrokerError>;
+}
+
+/// Subscribes `subscriber` to `topic`; resolves once the server confirmed the
+/// subscription (at once when the topic is already subscribed here).
+///
+/// Messages reach the subscriber as [`Delivery`]s with `try_send`: a subscriber whose
+/// mailbox is full loses the message (counted in [`BrokerStats::deliveries_dropped`])
+/// rather than making the broker buffer without bound; one whose mailbox is closed is
+/// unsubscribed.
+#[derive(Debug, Clone)]
+pub struct Subscribe {
+    /// The topic.
+    pub topic: Bytes,
+    /// Who receives its messages.
+    pub subscriber: Recipient<Delivery>,
+}
+
+impl Message for Subscribe {
+    type Result = Result<SubscriptionId, BrokerError>;
+}
+
+/// Ends a subscription; when it was the topic's last one, the server is told.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<(), BrokerError>")]
+pub struct Unsubscribe(pub SubscriptionId);
+
+/// One message on a subscribed topic.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+#[non_exhaustive]
+pub struct Delivery {
+    /// The topic.
+    pub topic: Bytes,
+    /// Its sequence number in the topic, from the server.
+    pub seq: u64,
+    /// The message.
+    pub payload: Bytes,
+}
+
+/// Asks for the broker's counters.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "BrokerStats")]
+pub struct GetBrokerStats;
+
+/// A broker's counters and sizes.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct BrokerStats {
+    /// Publishes confirmed.
+    pub confirmed: u64,
+    /// Publishes not confirmed.
+    pub unconfirmed: u64,
+    /// Publishes refused by a closing connection before they were written, and sent
+    /// again on the producer's next connection.
+    pub resent: u64,
+    /// Requests answered (error answers from handlers included).
+    pub requests: u64,
+    /// Requests that failed without an answer.
+    pub requests_failed: u64,
+    /// Producers moved to another connection.
+    pub repins: u64,
+    /// Messages handed to subscribers.
+    pub deliveries: u64,
+    /// Messages dropped because a subscriber's mailbox was full.
+    pub deliveries_dropped: u64,
+    /// Copies that arrived twice while a subscription moved, dropped.
+    pub duplicates: u64,
+    /// Messages the server could no longer replay when a subscription caught up.
+    pub missed: u64,
+    /// Subscriptions made again on another connection (after a close or a drain).
+    pub resubscribes: u64,
+    /// Producers with state now.
+    pub producers: usize,
+    /// Topics subscribed now.
+    pub topics: usize,
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// No connection could be had.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// The call over the connection failed, or the server answered with an error.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// Too many messages of one producer, or too many producers, are unconfirmed.
+    #[error("overloaded: {what} limit {limit} reached")]
+    Overloaded {
+        /// Which limit.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// The subscription is not known.
+    #[error("no such subscription")]
+    NotSubscribed,
+    /// The server's answer did not have the expected form.
+    #[error("unexpected answer from the server: {0}")]
+    BadAnswer(&'static str),
+    /// The broker actor stopped.
+    #[error("broker stopped")]
+    Stopped,
+}
+
+impl BrokerError {
+    /// A short, stable name for the kind of error, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Pool(error) => error.kind(),
+            Self::Call(error) => error.kind(),
+            Self::Overloaded { .. } => "overloaded",
+            Self::NotSubscribed => "not_subscribed",
+            Self::BadAnswer(_) => "bad_answer",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl From<actix::MailboxError> for BrokerError {
+    fn from(_: actix::MailboxError) -> Self {
+        Self::Stopped
+    }
+}
+
+/// The limits of a [`Broker`](super::Broker).
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct BrokerConfig {
+    pub(crate) max_unconfirmed: usize,
+    pub(crate) max_producers: usize,
+    pub(crate) resubscribe_backoff: (Duration, Duration),
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            max_unconfirmed: 4096,
+            max_producers: 65_536,
+            resubscribe_backoff: (Duration::from_millis(50), Duration::from_secs(2)),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("max_unconfirmed", &self.max_unconfirmed)
+            .field("max_producers", &self.max_producers)
+            .field("resubscribe_backoff", &self.resubscribe_backoff)
+            .finish()
+    }
+}
+
+impl BrokerConfig {
+    /// Messages of one ordered producer that may be unconfirmed (written and not
+    /// answered, or waiting for a connection); past it a publish fails at once with
+    /// [`BrokerError::Overloaded`]. Defaults to 4,096.
+    #[must_use]
+    pub fn max_unconfirmed(mut self, messages: usize) -> Self {
+        self.max_unconfirmed = messages.max(1);
+        self
+    }
+
+    /// Ordered producers the broker keeps state for; idle ones are forgotten past
+    /// it, and a new one is refused if none is idle. Defaults to 65,536.
+    #[must_use]
+    pub fn max_producers(mut self, producers: usize) -> Self {
+        self.max_producers = producers.max(1);
+        self
+    }
+
+    /// The first and the longest wait between attempts to subscribe again after a
+    /// subscription's connection closed and no other could be had. Defaults to 50
+    /// milliseconds and 2 seconds.
+    #[must_use]
+    pub fn resubscribe_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.resubscribe_backoff = (first, max.max(first));
+        self
+    }
+}

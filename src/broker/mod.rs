@@ -1,0 +1,388 @@
+//! The client-side Broker: typed routing of application messages over a [`Pool`](crate::Pool).
+//!
+//! # Who talks to it
+//! Application actors send it [`Publish`], [`Request`], [`Subscribe`] and
+//! [`Unsubscribe`] (or call the same through a [`BrokerHandle`]). It owns the pool it
+//! routes over: it is the pool's push recipient (subscribed messages arrive as pushes)
+//! and hears the pool's connection events, so it knows when a connection closes or
+//! begins to drain.
+//!
+//! ```text
+//!  app ──Publish(ordered)──▶ Broker ──one connection per producer──▶ Connection ──▶ server
+//!  app ──Publish(unordered) / Request──▶ two random connections, the less loaded
+//!  app ──Subscribe──▶ Broker ──one server subscription per topic──▶ Connection
+//!  Connection ──Pushed──▶ Broker ──Delivery──▶ every subscriber of the topic
+//!  Pool ──ConnectionEvent::{Closing, Closed}──▶ Broker: move producers and subscriptions
+//! ```
+//!
+//! # Guarantees
+//! - Every [`Publish`] and [`Request`] resolves exactly once. A publish resolves with
+//!   [`Confirmed`] (the server took it, and says its sequence number in the topic) or
+//!   [`Unconfirmed`] (which says whether it may still have been delivered).
+//! - Ordered publishes of one producer reach the server in the order they were
+//!   published, across connection closes and drains; see `producer.rs`.
+//! - Subscriptions outlive their connections: on a close the broker subscribes again
+//!   elsewhere and the server replays what was missed (within its replay window); on a
+//!   drain it subscribes elsewhere before letting go of the old connection. Each
+//!   subscriber sees a topic's messages in order and at most once.
+//! - Bounds: `max_unconfirmed` messages per producer, `max_producers`, the broker's
+//!   mailbox, and subscribers' mailboxes (a full one loses the message, counted).
+//! - Heartbeats never wait behind application messages: connections send and answer
+//!   pings themselves, outside any mailbox.
+//!
+//! The server side it talks to is [`server`](crate::server).
+
+mod messages;
+mod producer;
+mod subscriptions;
+
+use std::fmt;
+use std::time::Duration;
+
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, MessageResult, ResponseActFuture,
+    ResponseFuture, WrapFuture,
+};
+use bytes::Bytes;
+use rustc_hash::FxHashMap;
+
+pub use messages::{
+    BrokerConfig, BrokerError, BrokerStats, Confirmed, Delivery, GetBrokerStats, Order, ProducerId,
+    Publish, Request, Subscribe, SubscriptionId, Unconfirmed, Unsubscribe,
+};
+
+use crate::protocol::frame::{FrameProtocol, FrameRequest};
+use crate::transport::Connector;
+use crate::{Authority, Call, CallError, ConnectionEvent, PoolBuilder, PoolHandle, Pushed, Spread};
+use producer::Producer;
+use subscriptions::Topic;
+
+/// Messages the broker's mailbox holds: pushes from connections are dropped (and
+/// counted by the connection) past it.
+const MAILBOX: usize = 65_536;
+
+/// The client-side broker actor; see the [module documentation](self). Start one with
+/// [`Broker::builder`].
+pub struct Broker<C: Connector> {
+    pool: PoolHandle<C, FrameProtocol>,
+    authority: Authority,
+    config: BrokerConfig,
+    producers: FxHashMap<ProducerId, Producer<C>>,
+    topics: FxHashMap<Bytes, Topic<C>>,
+    subscriptions: FxHashMap<SubscriptionId, Bytes>,
+    next_subscription: u64,
+    stats: BrokerStats,
+}
+
+impl<C: Connector> fmt::Debug for Broker<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("authority", &self.authority)
+            .field("producers", &self.producers.len())
+            .field("topics", &self.topics.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets up a [`Broker`]; see [`Broker::builder`].
+#[must_use]
+pub struct BrokerBuilder<C: Connector> {
+    pool: PoolBuilder<C, FrameProtocol>,
+    authority: Authority,
+    config: BrokerConfig,
+}
+
+impl<C: Connector> fmt::Debug for BrokerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("authority", &self.authority)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Connector> BrokerBuilder<C> {
+    /// The broker's limits. Defaults to [`BrokerConfig::default`].
+    pub fn config(mut self, config: BrokerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts the pool and the broker in the current arbiter.
+    pub fn start(self) -> BrokerHandle<C> {
+        let BrokerBuilder {
+            pool,
+            authority,
+            config,
+        } = self;
+        let mut handle = None;
+        let addr = Broker::create(|ctx| {
+            let pool = pool
+                .authority(authority.clone())
+                .pushes(ctx.address().recipient())
+                .events(ctx.address().recipient())
+                .start();
+            handle = Some(pool.clone());
+            Broker {
+                pool,
+                authority,
+                config,
+                producers: FxHashMap::default(),
+                topics: FxHashMap::default(),
+                subscriptions: FxHashMap::default(),
+                next_subscription: 0,
+                stats: BrokerStats::default(),
+            }
+        });
+        BrokerHandle {
+            broker: addr,
+            pool: handle.expect("Actor::create runs its closure at once"),
+        }
+    }
+}
+
+impl<C: Connector> Broker<C> {
+    /// Sets up a broker that routes to `authority` over the pool `pool` will start.
+    /// The broker sets the pool's push and event recipients to itself.
+    pub fn builder(pool: PoolBuilder<C, FrameProtocol>, authority: Authority) -> BrokerBuilder<C> {
+        BrokerBuilder {
+            pool,
+            authority,
+            config: BrokerConfig::default(),
+        }
+    }
+
+    fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            producers: self.producers.len(),
+            topics: self.topics.len(),
+            ..self.stats.clone()
+        }
+    }
+}
+
+/// Sends `request` over a connection picked by two random choices.
+async fn call_spread<C: Connector>(
+    pool: PoolHandle<C, FrameProtocol>,
+    authority: Authority,
+    request: FrameRequest,
+    timeout: Option<Duration>,
+) -> Result<Bytes, BrokerError> {
+    let connection = pool.shared_by(&authority, Spread::TwoChoices, None).await?;
+    let mut call = Call::new(request);
+    call.timeout = timeout;
+    let answer = connection.addr().send(call).await;
+    Ok(answer.map_err(CallError::from).and_then(|inner| inner)?)
+}
+
+fn confirmed(answer: Result<Bytes, BrokerError>) -> Result<Confirmed, Unconfirmed> {
+    let seq = answer.map_err(|error| Unconfirmed { error })?;
+    let seq = <[u8; 8]>::try_from(&seq[..]).map_err(|_| Unconfirmed {
+        error: BrokerError::BadAnswer("publish confirmation is not an 8-byte number"),
+    })?;
+    Ok(Confirmed {
+        seq: u64::from_be_bytes(seq),
+    })
+}
+
+impl<C: Connector> Actor for Broker<C> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
+    }
+}
+
+impl<C: Connector> Handler<Publish> for Broker<C> {
+    type Result = ResponseActFuture<Self, Result<Confirmed, Unconfirmed>>;
+
+    /// Publishes in order for its producer, or spread by load.
+    fn handle(&mut self, publish: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        match publish.order {
+            Order::Ordered(producer) => {
+                let outcome = self.publish_ordered(producer, publish.topic, publish.payload, ctx);
+                Box::pin(
+                    async move {
+                        outcome.await.unwrap_or(Err(Unconfirmed {
+                            error: BrokerError::Stopped,
+                        }))
+                    }
+                    .into_actor(self),
+                )
+            }
+            Order::Unordered => {
+                let request = FrameRequest::publish(publish.topic, publish.payload);
+                let answer = call_spread(self.pool.clone(), self.authority.clone(), request, None);
+                Box::pin(answer.into_actor(self).map(|answer, this, _| {
+                    let outcome = confirmed(answer);
+                    match &outcome {
+                        Ok(_) => this.stats.confirmed += 1,
+                        Err(_) => this.stats.unconfirmed += 1,
+                    }
+                    outcome
+                }))
+            }
+        }
+    }
+}
+
+impl<C: Connector> Handler<Request> for Broker<C> {
+    type Result = ResponseActFuture<Self, Result<Bytes, BrokerError>>;
+
+    /// Sends the request over the less loaded of two connections.
+    fn handle(&mut self, request: Request, _: &mut Context<Self>) -> Self::Result {
+        let mut frame = FrameRequest::new(request.payload);
+        frame.topic = request.route;
+        let answer = call_spread(
+            self.pool.clone(),
+            self.authority.clone(),
+            frame,
+            request.timeout,
+        );
+        Box::pin(answer.into_actor(self).map(|answer, this, _| {
+            match &answer {
+                Ok(_) | Err(BrokerError::Call(CallError::Remote(_))) => this.stats.requests += 1,
+                Err(_) => this.stats.requests_failed += 1,
+            }
+            answer
+        }))
+    }
+}
+
+impl<C: Connector> Handler<Subscribe> for Broker<C> {
+    type Result = ResponseFuture<Result<SubscriptionId, BrokerError>>;
+
+    /// Subscribes, and resolves once the server confirmed.
+    fn handle(&mut self, subscribe: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
+        let subscribed = self.subscribe(subscribe.topic, subscribe.subscriber, ctx);
+        Box::pin(async move { subscribed.await.unwrap_or(Err(BrokerError::Stopped)) })
+    }
+}
+
+impl<C: Connector> Handler<Unsubscribe> for Broker<C> {
+    type Result = ResponseFuture<Result<(), BrokerError>>;
+
+    /// Ends a subscription, telling the server when it was the topic's last.
+    fn handle(&mut self, Unsubscribe(id): Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+        if !self.subscriptions.contains_key(&id) {
+            return Box::pin(async { Err(BrokerError::NotSubscribed) });
+        }
+        let tell = self.forget_subscriber(id);
+        Box::pin(async move {
+            if let Some((name, source)) = tell {
+                // The subscription is gone here whatever the server says; a
+                // connection that closed meanwhile took it along on the server.
+                let _ = source
+                    .addr()
+                    .send(Call::new(FrameRequest::unsubscribe(name)))
+                    .await;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl<C: Connector> Handler<Pushed<FrameProtocol>> for Broker<C> {
+    type Result = ();
+
+    /// Hands a subscribed message to its topic's subscribers.
+    fn handle(&mut self, pushed: Pushed<FrameProtocol>, _: &mut Context<Self>) {
+        self.deliver(pushed.connection, pushed.push);
+    }
+}
+
+impl<C: Connector> Handler<ConnectionEvent> for Broker<C> {
+    type Result = ();
+
+    /// Moves producers and subscriptions off a connection that closes or drains.
+    fn handle(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
+        match event {
+            ConnectionEvent::Closing { id } => {
+                self.unpin_all(id, ctx);
+                self.move_subscriptions(id, false, ctx);
+            }
+            ConnectionEvent::Closed { id, .. } => {
+                self.unpin_all(id, ctx);
+                self.move_subscriptions(id, true, ctx);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl<C: Connector> Handler<GetBrokerStats> for Broker<C> {
+    type Result = MessageResult<GetBrokerStats>;
+
+    /// A snapshot of the counters.
+    fn handle(&mut self, _: GetBrokerStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
+
+/// The way to a running [`Broker`] and its pool.
+pub struct BrokerHandle<C: Connector> {
+    broker: Addr<Broker<C>>,
+    pool: PoolHandle<C, FrameProtocol>,
+}
+
+impl<C: Connector> Clone for BrokerHandle<C> {
+    fn clone(&self) -> Self {
+        Self {
+            broker: self.broker.clone(),
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<C: Connector> fmt::Debug for BrokerHandle<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerHandle").finish_non_exhaustive()
+    }
+}
+
+impl<C: Connector> BrokerHandle<C> {
+    /// The broker's address, to send it messages.
+    pub fn addr(&self) -> &Addr<Broker<C>> {
+        &self.broker
+    }
+
+    /// The pool the broker routes over.
+    pub fn pool(&self) -> &PoolHandle<C, FrameProtocol> {
+        &self.pool
+    }
+
+    /// Publishes; see [`Publish`].
+    pub async fn publish(&self, publish: Publish) -> Result<Confirmed, Unconfirmed> {
+        self.broker.send(publish).await.unwrap_or(Err(Unconfirmed {
+            error: BrokerError::Stopped,
+        }))
+    }
+
+    /// Sends a request to the server's handler for `route`; see [`Request`].
+    pub async fn request(&self, request: Request) -> Result<Bytes, BrokerError> {
+        self.broker.send(request).await?
+    }
+
+    /// Subscribes `subscriber` to `topic`; see [`Subscribe`].
+    pub async fn subscribe(
+        &self,
+        topic: impl Into<Bytes>,
+        subscriber: actix::Recipient<Delivery>,
+    ) -> Result<SubscriptionId, BrokerError> {
+        let subscribe = Subscribe {
+            topic: topic.into(),
+            subscriber,
+        };
+        self.broker.send(subscribe).await?
+    }
+
+    /// Ends a subscription; see [`Unsubscribe`].
+    pub async fn unsubscribe(&self, id: SubscriptionId) -> Result<(), BrokerError> {
+        self.broker.send(Unsubscribe(id)).await?
+    }
+
+    /// The broker's counters.
+    pub async fn stats(&self) -> Result<BrokerStats, BrokerError> {
+        Ok(self.broker.send(GetBrokerStats).await?)
+    }
+}

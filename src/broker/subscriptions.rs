@@ -1,0 +1,307 @@
+//! Subscriptions: one server subscription per topic, fanned out here to every local
+//! subscriber, and kept alive across connection closes and drains.
+//!
+//! ```text
+//!  new topic ──subscribe on a connection──▶ joining ──confirmed──▶ active(source)
+//!                                              │ failed: waiters get the error;
+//!                                              └ with subscribers left, again after backoff
+//!  active: source closes ──▶ joining elsewhere, catching up from the last seq seen
+//!          source drains ──▶ joining elsewhere while the source still delivers;
+//!                            once confirmed the old one is unsubscribed
+//! ```
+//! Every message carries its sequence number in the topic, and a copy at or below
+//! the last number seen is a duplicate and dropped: while a subscription moves, both
+//! connections deliver. When it comes back after a close, the server replays what it
+//! still has after that number, so a short outage loses nothing. A server that
+//! numbers the topic from scratch again (it restarted) says so in its answer, and
+//! the numbering here restarts with it.
+
+use actix::{ActorFutureExt, AsyncContext, Context, Recipient, WrapFuture};
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::messages::{BrokerError, Delivery, SubscriptionId};
+use super::Broker;
+use crate::protocol::frame::{FrameProtocol, FramePush, FrameRequest};
+use crate::transport::Connector;
+use crate::{Call, CallError, ConnectionId, SharedConnection, Spread};
+
+type Waiter = (
+    SubscriptionId,
+    Recipient<Delivery>,
+    oneshot::Sender<Result<SubscriptionId, BrokerError>>,
+);
+
+/// One topic subscribed through this broker.
+pub(super) struct Topic<C: Connector> {
+    subscribers: Vec<(SubscriptionId, Recipient<Delivery>)>,
+    /// Subscribers waiting for the server's confirmation.
+    waiting: Vec<Waiter>,
+    /// The connection the server confirmed the subscription on.
+    source: Option<SharedConnection<C, FrameProtocol>>,
+    /// The connection a subscribe is under way on (its messages are taken already).
+    joining: Option<ConnectionId>,
+    /// Whether a subscribe is under way (a connection being picked, or the call).
+    subscribing: bool,
+    last_seq: u64,
+    /// Failed attempts in a row, for the backoff.
+    failures: u32,
+}
+
+impl<C: Connector> Default for Topic<C> {
+    fn default() -> Self {
+        Self {
+            subscribers: Vec::new(),
+            waiting: Vec::new(),
+            source: None,
+            joining: None,
+            subscribing: false,
+            last_seq: 0,
+            failures: 0,
+        }
+    }
+}
+
+impl<C: Connector> Topic<C> {
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty() && self.waiting.is_empty()
+    }
+
+    fn source_id(&self) -> Option<ConnectionId> {
+        self.source.as_ref().map(SharedConnection::id)
+    }
+}
+
+/// The server's answer to a subscribe.
+struct Joined {
+    /// Messages it could not replay.
+    missed: u64,
+    /// The topic's last sequence number.
+    head: u64,
+}
+
+fn read_answer(answer: &Bytes) -> Result<Joined, BrokerError> {
+    let bad = BrokerError::BadAnswer("subscribe answer is not two 8-byte numbers");
+    let numbers = <[u8; 16]>::try_from(&answer[..]).map_err(|_| bad)?;
+    let (missed, head) = numbers.split_at(8);
+    Ok(Joined {
+        missed: u64::from_be_bytes(missed.try_into().expect("8 bytes")),
+        head: u64::from_be_bytes(head.try_into().expect("8 bytes")),
+    })
+}
+
+impl<C: Connector> Broker<C> {
+    pub(super) fn subscribe(
+        &mut self,
+        topic: Bytes,
+        subscriber: Recipient<Delivery>,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Result<SubscriptionId, BrokerError>> {
+        let (reply, receiver) = oneshot::channel();
+        self.next_subscription += 1;
+        let id = SubscriptionId(self.next_subscription);
+        let entry = self.topics.entry(topic.clone()).or_default();
+        if entry.source.is_some() {
+            entry.subscribers.push((id, subscriber));
+            self.subscriptions.insert(id, topic);
+            let _ = reply.send(Ok(id));
+        } else {
+            entry.waiting.push((id, subscriber, reply));
+            self.subscriptions.insert(id, topic.clone());
+            self.join(topic, ctx);
+        }
+        receiver
+    }
+
+    /// Subscribes `topic` on a connection other than its current source, catching up
+    /// from the last message seen.
+    fn join(&mut self, name: Bytes, ctx: &mut Context<Self>) {
+        let Some(topic) = self.topics.get_mut(&name) else {
+            return;
+        };
+        if topic.subscribing {
+            return;
+        }
+        topic.subscribing = true;
+        let pool = self.pool.clone();
+        let authority = self.authority.clone();
+        let pick = async move { pool.shared_by(&authority, Spread::TwoChoices, None).await };
+        ctx.spawn(pick.into_actor(self).map(move |picked, this, ctx| {
+            let Some(topic) = this.topics.get_mut(&name) else {
+                return;
+            };
+            match picked {
+                Ok(connection) => {
+                    topic.joining = Some(connection.id());
+                    let request = FrameRequest::subscribe(name.clone(), topic.last_seq);
+                    let answer = connection.addr().send(Call::new(request));
+                    let joined = answer.into_actor(this).map(move |answer, this, ctx| {
+                        let answer = answer
+                            .map_err(CallError::from)
+                            .and_then(|inner| inner)
+                            .map_err(BrokerError::Call)
+                            .and_then(|bytes| read_answer(&bytes));
+                        this.joined(name, connection, answer, ctx);
+                    });
+                    ctx.spawn(joined);
+                }
+                Err(error) => this.join_failed(name, BrokerError::Pool(error), ctx),
+            }
+        }));
+    }
+
+    fn joined(
+        &mut self,
+        name: Bytes,
+        connection: SharedConnection<C, FrameProtocol>,
+        answer: Result<Joined, BrokerError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(topic) = self.topics.get_mut(&name) else {
+            // Everyone unsubscribed meanwhile: the server need not keep it.
+            if answer.is_ok() {
+                let _ = connection
+                    .addr()
+                    .try_send(Call::new(FrameRequest::unsubscribe(name)));
+            }
+            return;
+        };
+        topic.subscribing = false;
+        topic.joining = None;
+        let Joined { missed, head } = match answer {
+            Ok(joined) => joined,
+            Err(error) => return self.join_failed(name, error, ctx),
+        };
+        if head < topic.last_seq {
+            // The server numbers this topic from scratch (it restarted): what it sends
+            // now is new, not a repeat.
+            tracing::info!(topic = ?name, head, last_seq = topic.last_seq, "topic numbering restarted");
+            topic.last_seq = head;
+        }
+        if missed > 0 {
+            tracing::warn!(topic = ?name, missed, "messages lost while resubscribing");
+            self.stats.missed += missed;
+        }
+        topic.failures = 0;
+        let old = topic.source.replace(connection);
+        for (id, subscriber, reply) in topic.waiting.drain(..) {
+            topic.subscribers.push((id, subscriber));
+            let _ = reply.send(Ok(id));
+        }
+        if let Some(old) = old {
+            self.stats.resubscribes += 1;
+            // Moved off a draining connection: stop its copies. Best effort (`try_send`):
+            // it closes soon, and the server drops its subscriptions then.
+            let _ = old
+                .addr()
+                .try_send(Call::new(FrameRequest::unsubscribe(name)));
+        }
+    }
+
+    fn join_failed(&mut self, name: Bytes, error: BrokerError, ctx: &mut Context<Self>) {
+        let Some(topic) = self.topics.get_mut(&name) else {
+            return;
+        };
+        topic.subscribing = false;
+        topic.joining = None;
+        for (id, _, reply) in topic.waiting.drain(..) {
+            self.subscriptions.remove(&id);
+            let _ = reply.send(Err(error.clone()));
+        }
+        if topic.is_unused() {
+            self.topics.remove(&name);
+            return;
+        }
+        if topic.source.is_some() {
+            // A move failed; the old source still delivers until it closes, and its
+            // close starts another attempt.
+            return;
+        }
+        let (first, max) = self.config.resubscribe_backoff;
+        let wait = first.saturating_mul(1 << topic.failures.min(16)).min(max);
+        topic.failures += 1;
+        tracing::debug!(topic = ?name, %error, ?wait, "subscribe failed; trying again");
+        ctx.run_later(wait, move |this, ctx| this.join(name, ctx));
+    }
+
+    /// A connection closed (`closed`) or began to drain: its subscriptions move.
+    pub(super) fn move_subscriptions(
+        &mut self,
+        connection: ConnectionId,
+        closed: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut moving = Vec::new();
+        for (name, topic) in &mut self.topics {
+            if topic.source_id() == Some(connection) {
+                if closed {
+                    topic.source = None;
+                }
+                moving.push(name.clone());
+            }
+        }
+        for name in moving {
+            self.stats.resubscribes += u64::from(closed);
+            self.join(name, ctx);
+        }
+    }
+
+    /// Hands a message from a connection to the topic's subscribers.
+    pub(super) fn deliver(&mut self, connection: ConnectionId, push: FramePush) {
+        let Some(name) = push.topic else { return };
+        let Some(topic) = self.topics.get_mut(&name) else {
+            return;
+        };
+        let from_source = topic.source_id() == Some(connection);
+        let from_joining = topic.joining == Some(connection);
+        if !from_source && !from_joining {
+            return;
+        }
+        // While a subscription moves, two connections deliver and a message may come
+        // twice (and a replayed one after the answer that ends the move): the
+        // sequence number tells.
+        if push.seq <= topic.last_seq {
+            self.stats.duplicates += 1;
+            return;
+        }
+        topic.last_seq = push.seq;
+        let delivery = Delivery {
+            topic: name,
+            seq: push.seq,
+            payload: push.payload,
+        };
+        let mut gone = Vec::new();
+        for (id, subscriber) in &topic.subscribers {
+            match subscriber.try_send(delivery.clone()) {
+                Ok(()) => self.stats.deliveries += 1,
+                Err(actix::prelude::SendError::Full(_)) => self.stats.deliveries_dropped += 1,
+                Err(actix::prelude::SendError::Closed(_)) => gone.push(*id),
+            }
+        }
+        for id in gone {
+            if let Some((name, source)) = self.forget_subscriber(id) {
+                // Best effort: the topic's last subscriber went away unasked.
+                let _ = source
+                    .addr()
+                    .try_send(Call::new(FrameRequest::unsubscribe(name)));
+            }
+        }
+    }
+
+    /// Ends subscription `id`; the server is told when it was the topic's last.
+    /// Returns the connection to tell, if any.
+    pub(super) fn forget_subscriber(
+        &mut self,
+        id: SubscriptionId,
+    ) -> Option<(Bytes, SharedConnection<C, FrameProtocol>)> {
+        let name = self.subscriptions.remove(&id)?;
+        let topic = self.topics.get_mut(&name)?;
+        topic.subscribers.retain(|(sub, _)| *sub != id);
+        if !topic.is_unused() {
+            return None;
+        }
+        let topic = self.topics.remove(&name)?;
+        let source = topic.source?;
+        Some((name, source))
+    }
+}
