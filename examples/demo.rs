@@ -1,108 +1,108 @@
-//! The main job: an embedded echo server and a switchboard Pool talking to it over
-//! loopback, through two faults: one connection killed, then a server restart.
+//! The main job: a small pub/sub and request/reply service and its clients, all
+//! built from switchboard's Connection, Pool and Broker actors, talking over loopback
+//! through two faults.
 //!
 //! ```text
-//! cargo run --release --example demo [-- --seconds N] [--connections C] [--callers K]
+//! cargo run --release --example demo [-- --seconds N] [--connections C]
+//!     [--producers P] [--callers R] [--connect ADDR | --serve ADDR]
 //! ```
 //!
-//! It starts an echo server speaking the `frame` protocol on 127.0.0.1 (its own
-//! thread) and a Pool of C TCP connections to it (`min_idle` = `max_size` = C), then
-//! runs K callers that send calls in a loop and check every reply against its
-//! request. Most callers ask the pool for a shared (multiplexed) connection for each
-//! burst of calls (`pool.shared`); a few check one out for exclusive use
-//! (`pool.checkout_within`, a `Lease` that goes back to the pool when dropped).
+//! By default it starts the server in-process on 127.0.0.1 (a `ServerBroker` with an
+//! `echo` route, behind a `Listener`), and a client `Broker` over a `Pool` of C TCP
+//! connections to it. Then, for N seconds (default 10):
+//! - P ordered producers publish numbered messages on four topics, each keeping up to
+//!   64 publishes in flight; every publish ends `Confirmed` or `Unconfirmed`;
+//! - two consumers per topic check that each producer's numbers only go up;
+//! - R callers send requests to `echo` and check each answer is their own.
 //!
-//! At a third of the run it kills the server's side of one connection: the pool
-//! hears that connection's `Closed` event and opens a replacement. At two thirds it
-//! restarts the server: it stops listening, resets every connection, and listens
-//! again on the same port 300 ms later. Calls in flight fail once each with a typed
-//! error, checkouts fail fast while the pool has marked the server down, and the pool
-//! reconnects with backoff (from 50 ms, doubling, at most 1 s apart); the demo prints
-//! how long the pool took to be back at full size.
+//! At a third of the run the server kills one of its connections; at two thirds it
+//! restarts its listener (every connection aborted, the port closed for 300 ms). The
+//! client reconnects, re-pins producers, resubscribes and catches up from the
+//! server's replay window.
 //!
-//! Every call ends in exactly one answer or one typed error, counted by kind: a
-//! `CallError` (`closed (io)` for a call in flight when its connection was reset,
-//! `closed (stopped)` for one sent on a shared handle whose connection had just
-//! stopped), or a `PoolError` when the checkout for the call failed (`down` while
-//! the pool has marked the server down, `connect` for a waiter whose connect was
-//! refused). A caller pauses 20 ms after a failure, then carries on.
+//! A progress line prints every second; at the end a summary: published, confirmed,
+//! unconfirmed, delivered, requests answered, failures by kind, reconnects, p50/p99
+//! latency, order violations and lost messages. A message is lost if it was
+//! confirmed and a consumer of its topic never got it. The demo exits non-zero if
+//! any message was lost, any order was violated, or any answer was not the caller's.
 //!
-//! Every second it prints a progress line (calls, answers, failures, and the pool's
-//! size, idle, leased and connecting connections); at the end, a summary: calls made,
-//! answered, failed by error kind, connections created and closed by reason (the
-//! pool's counters), checkouts, how calls spread over connections, p50/p99 latency.
-//! Then it drains the pool and shows that the drain resolved. It exits non-zero if a
-//! reply did not match its request or a call never resolved. Every wait is bounded:
-//! calls by their 2 s timeout, checkouts by 2 s, the end of the run by 5 s.
-
-#[path = "support/echo_server.rs"]
-mod echo_server;
+//! `--serve ADDR` runs only the server, until Ctrl-C; `--connect ADDR` runs only the
+//! clients against such a server (the faults, which need the server, are skipped).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use switchboard::pool::{PoolConfig, PoolHandle, PoolStatus};
+use actix::{Actor, Addr, Context, Handler};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::stream::{FuturesOrdered, StreamExt};
+use switchboard::broker::{BrokerConfig, Delivery, ProducerId, Publish, Request};
+use switchboard::pool::PoolConfig;
 use switchboard::protocol::frame::FrameProtocol;
+use switchboard::protocol::RemoteError;
+use switchboard::server::{
+    Disconnect, GetListenerStats, GetServerStats, Listener, Route, ServerBroker, ServerConfig,
+    ServerRequest, Stop,
+};
 use switchboard::transport::TcpConnector;
-use switchboard::{Authority, CallError, ConnectionConfig, ConnectionId, Pool, PoolError};
+use switchboard::{Authority, Broker, BrokerHandle, ConnectionConfig, Pool};
 use tokio::time::Instant;
 
-use echo_server::EchoServer;
-
-type Handle = PoolHandle<TcpConnector, FrameProtocol>;
-
-/// Calls per shared handle before a caller asks the pool again.
-const SHARED_BURST: u64 = 4;
-/// Calls per exclusive lease before a caller returns it.
-const LEASE_BURST: u64 = 16;
-/// Bounds a call's wait for its reply.
+const TOPICS: usize = 4;
+const CONSUMERS_PER_TOPIC: usize = 2;
+/// Publishes one producer keeps in flight.
+const WINDOW: usize = 64;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Bounds a checkout's wait for a connection.
-const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The pool's first reconnect delay after a failure, doubled per failure up to
-/// `BACKOFF_MAX`.
-const BACKOFF_BASE: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How long the restarted server does not listen.
 const RESTART_PAUSE: Duration = Duration::from_millis(300);
-/// A caller's pause after a failure before it tries again. Checkouts fail at once
-/// while the server is marked down; without a pause a caller would spin.
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
-/// How long the end of the run waits for callers still busy.
-const OUTSTANDING_BOUND: Duration = Duration::from_secs(5);
-/// How often a fault's recovery is polled with `pool.status()`.
-const POLL: Duration = Duration::from_millis(5);
+/// How long the end of the run waits for the last deliveries.
+const SETTLE_BOUND: Duration = Duration::from_secs(5);
 
 struct Options {
     seconds: u64,
     connections: usize,
+    producers: usize,
     callers: usize,
+    connect: Option<SocketAddr>,
+    serve: Option<SocketAddr>,
 }
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
-        seconds: 5,
+        seconds: 10,
         connections: 4,
-        callers: 64,
+        producers: 8,
+        callers: 32,
+        connect: None,
+        serve: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = |name: &str| -> Result<u64, String> {
-            args.next()
-                .ok_or_else(|| format!("{name} needs a value"))?
-                .parse()
-                .map_err(|e| format!("{name}: {e}"))
+        let mut value = |name: &str| -> Result<String, String> {
+            args.next().ok_or_else(|| format!("{name} needs a value"))
+        };
+        let number = |text: String, name: &str| -> Result<u64, String> {
+            text.parse().map_err(|e| format!("{name}: {e}"))
+        };
+        let address = |text: String, name: &str| -> Result<SocketAddr, String> {
+            text.parse().map_err(|e| format!("{name}: {e}"))
         };
         match flag.as_str() {
-            "--seconds" => options.seconds = value("--seconds")?.max(1),
-            "--connections" => options.connections = value("--connections")?.max(1) as usize,
-            "--callers" => options.callers = value("--callers")?.max(1) as usize,
+            "--seconds" => options.seconds = number(value(&flag)?, &flag)?.max(1),
+            "--connections" => options.connections = number(value(&flag)?, &flag)?.max(1) as usize,
+            "--producers" => options.producers = number(value(&flag)?, &flag)?.max(1) as usize,
+            "--callers" => options.callers = number(value(&flag)?, &flag)?.max(1) as usize,
+            "--connect" => options.connect = Some(address(value(&flag)?, &flag)?),
+            "--serve" => options.serve = Some(address(value(&flag)?, &flag)?),
             "--help" | "-h" => {
-                return Err("usage: demo [--seconds N] [--connections C] [--callers K]".into());
+                return Err(
+                    "usage: demo [--seconds N] [--connections C] [--producers P] \
+                            [--callers R] [--connect ADDR | --serve ADDR]"
+                        .into(),
+                )
             }
             other => return Err(format!("unknown argument {other}; try --help")),
         }
@@ -110,504 +110,500 @@ fn parse_options() -> Result<Options, String> {
     Ok(options)
 }
 
-/// How many callers lease connections exclusively: a minority, and never more than
-/// half the connections, so the shared callers always have some.
-fn exclusive_callers(options: &Options) -> usize {
-    if options.callers < 2 {
-        return 0;
+// ---------------------------------------------------------------------------------
+// The server
+// ---------------------------------------------------------------------------------
+
+/// Answers every request with its own payload.
+struct Echo;
+
+impl Actor for Echo {
+    type Context = Context<Self>;
+}
+
+impl Handler<ServerRequest> for Echo {
+    type Result = Result<Bytes, RemoteError>;
+
+    fn handle(&mut self, request: ServerRequest, _: &mut Context<Self>) -> Self::Result {
+        Ok(request.payload)
     }
-    (options.callers / 8).clamp(1, (options.connections / 2).max(1))
 }
 
-/// How a call reached its connection.
-#[derive(Clone, Copy)]
-enum Via {
-    Shared = 0,
-    Leased = 1,
+/// The embedded server: a broker, and a listener that can be restarted.
+struct Server {
+    broker: Addr<ServerBroker>,
+    listener: RefCell<Addr<Listener<tokio::net::TcpListener>>>,
+    address: SocketAddr,
 }
 
-/// What the callers count.
+impl Server {
+    async fn start(address: SocketAddr) -> std::io::Result<Self> {
+        // A replay window large enough to cover a reconnect at full publish rate.
+        let config = ServerConfig::default().replay_window(1 << 16);
+        let broker = ServerBroker::start(config).expect("valid server config");
+        broker
+            .send(Route {
+                route: Some(Bytes::from_static(b"echo")),
+                handler: Echo.start().recipient(),
+            })
+            .await
+            .expect("broker running");
+        let socket = tokio::net::TcpListener::bind(address).await?;
+        let address = socket.local_addr()?;
+        let listener = Listener::builder(socket, broker.clone()).start();
+        Ok(Self {
+            broker,
+            listener: RefCell::new(listener),
+            address,
+        })
+    }
+
+    /// Kills one server-side connection; returns whether there was one.
+    async fn kill_one(&self) -> bool {
+        let listener = self.listener.borrow().clone();
+        let Ok(stats) = listener.send(GetListenerStats).await else {
+            return false;
+        };
+        match stats.connections.first() {
+            Some(id) => listener.send(Disconnect(*id)).await.unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Aborts every connection, closes the port, and listens again after a pause.
+    async fn restart_listener(&self) -> std::io::Result<()> {
+        let old = self.listener.borrow().clone();
+        let _ = old.send(Stop { abort: true }).await;
+        tokio::time::sleep(RESTART_PAUSE).await;
+        let mut attempts = 0;
+        let socket = loop {
+            match tokio::net::TcpListener::bind(self.address).await {
+                Ok(socket) => break socket,
+                Err(error) if attempts < 50 => {
+                    attempts += 1;
+                    tracing_free_note(&error);
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        *self.listener.borrow_mut() = Listener::builder(socket, self.broker.clone()).start();
+        Ok(())
+    }
+}
+
+fn tracing_free_note(error: &std::io::Error) {
+    if error.kind() != std::io::ErrorKind::AddrInUse {
+        eprintln!("rebinding: {error}");
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The clients
+// ---------------------------------------------------------------------------------
+
+/// What producers, consumers and callers count.
 #[derive(Default)]
 struct Tally {
-    made: Cell<u64>,
+    published: Cell<u64>,
+    confirmed: Cell<u64>,
+    unconfirmed_maybe: Cell<u64>,
+    unconfirmed_not: Cell<u64>,
+    /// Confirmed messages per producer: (producer, seq).
+    confirmed_ids: RefCell<Vec<(u32, u64)>>,
+    requests: Cell<u64>,
     answered: Cell<u64>,
-    mismatched: Cell<u64>,
-    /// Failed calls by (error type, kind).
-    failed: RefCell<BTreeMap<(&'static str, String), u64>>,
-    latencies_us: RefCell<Vec<u32>>,
-    /// Answered calls per connection, shared and leased.
-    carried: RefCell<BTreeMap<ConnectionId, [u64; 2]>>,
+    wrong_answers: Cell<u64>,
+    failed: RefCell<BTreeMap<String, u64>>,
+    publish_us: RefCell<Vec<u32>>,
+    request_us: RefCell<Vec<u32>>,
 }
 
 impl Tally {
-    fn failed(&self) -> u64 {
+    fn fail(&self, what: &str, kind: &str) {
+        *self
+            .failed
+            .borrow_mut()
+            .entry(format!("{what} {kind}"))
+            .or_default() += 1;
+    }
+
+    fn failures(&self) -> u64 {
         self.failed.borrow().values().sum()
     }
+}
 
-    fn fail(&self, source: &'static str, kind: String) {
-        *self.failed.borrow_mut().entry((source, kind)).or_default() += 1;
+fn micros(since: Instant) -> u32 {
+    since.elapsed().as_micros().min(u32::MAX.into()) as u32
+}
+
+fn message(producer: u32, seq: u64) -> Bytes {
+    let mut bytes = BytesMut::with_capacity(12);
+    bytes.put_u32(producer);
+    bytes.put_u64(seq);
+    bytes.freeze()
+}
+
+/// Checks one topic's deliveries: each producer's numbers only go up.
+struct Consumer {
+    /// The last number seen per producer.
+    last: Vec<u64>,
+    /// Every (producer, seq) received, for the count of lost messages.
+    seen: Rc<RefCell<Vec<Vec<bool>>>>,
+    delivered: Rc<Cell<u64>>,
+    violations: Rc<Cell<u64>>,
+}
+
+impl Actor for Consumer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The broker hands deliveries over with `try_send`: a mailbox that fills up
+        // loses messages. Size it for bursts.
+        ctx.set_mailbox_capacity(1 << 16);
     }
+}
 
-    /// A call that got no connection: the pool said why.
-    fn checkout_failed(&self, error: &PoolError) {
-        self.fail("PoolError", error.kind().to_string());
+impl Handler<Delivery> for Consumer {
+    type Result = ();
+
+    fn handle(&mut self, delivery: Delivery, _: &mut Context<Self>) {
+        let mut payload = delivery.payload;
+        if payload.len() != 12 {
+            self.violations.set(self.violations.get() + 1);
+            return;
+        }
+        let producer = payload.get_u32() as usize;
+        let seq = payload.get_u64();
+        self.delivered.set(self.delivered.get() + 1);
+        if producer >= self.last.len() || seq <= self.last[producer] {
+            self.violations.set(self.violations.get() + 1);
+            return;
+        }
+        self.last[producer] = seq;
+        let mut seen = self.seen.borrow_mut();
+        let row = &mut seen[producer];
+        if row.len() <= seq as usize {
+            row.resize(seq as usize + 1, false);
+        }
+        row[seq as usize] = true;
     }
+}
 
-    /// Records a call's outcome; returns whether it was answered.
-    fn record(
-        &self,
-        via: (Via, ConnectionId),
-        payload: &Bytes,
-        started: Instant,
-        outcome: Result<Bytes, CallError>,
-    ) -> bool {
+struct ConsumerState {
+    topic: usize,
+    seen: Rc<RefCell<Vec<Vec<bool>>>>,
+    delivered: Rc<Cell<u64>>,
+    violations: Rc<Cell<u64>>,
+}
+
+fn topic_name(topic: usize) -> Bytes {
+    Bytes::from(format!("orders.{topic}"))
+}
+
+async fn produce(
+    broker: BrokerHandle<TcpConnector>,
+    producer: u32,
+    tally: Rc<Tally>,
+    until: Instant,
+) {
+    let topic = topic_name(producer as usize % TOPICS);
+    let mut in_flight = FuturesOrdered::new();
+    let mut seq = 0u64;
+    loop {
+        while in_flight.len() < WINDOW && Instant::now() < until {
+            seq += 1;
+            tally.published.set(tally.published.get() + 1);
+            let publish = Publish::ordered(
+                ProducerId(u64::from(producer)),
+                topic.clone(),
+                message(producer, seq),
+            );
+            let started = Instant::now();
+            let confirmed = broker.publish(publish);
+            in_flight.push_back(async move { (seq, started, confirmed.await) });
+        }
+        let Some((seq, started, outcome)) = in_flight.next().await else {
+            return;
+        };
         match outcome {
-            Ok(reply) => {
-                self.carried.borrow_mut().entry(via.1).or_default()[via.0 as usize] += 1;
-                let micros = started.elapsed().as_micros().min(u32::MAX.into()) as u32;
-                self.latencies_us.borrow_mut().push(micros);
-                self.answered.set(self.answered.get() + 1);
-                if reply != *payload {
-                    self.mismatched.set(self.mismatched.get() + 1);
+            Ok(_) => {
+                tally.confirmed.set(tally.confirmed.get() + 1);
+                tally.confirmed_ids.borrow_mut().push((producer, seq));
+                tally.publish_us.borrow_mut().push(micros(started));
+            }
+            Err(unconfirmed) => {
+                if unconfirmed.maybe_delivered() {
+                    tally
+                        .unconfirmed_maybe
+                        .set(tally.unconfirmed_maybe.get() + 1);
+                } else {
+                    tally.unconfirmed_not.set(tally.unconfirmed_not.get() + 1);
                 }
-                true
+                tally.fail("publish", unconfirmed.error.kind());
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+async fn call(broker: BrokerHandle<TcpConnector>, caller: usize, tally: Rc<Tally>, until: Instant) {
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let payload = Bytes::from(format!("caller {caller} request {n}"));
+        tally.requests.set(tally.requests.get() + 1);
+        let started = Instant::now();
+        let request = Request::new("echo", payload.clone()).timeout(CALL_TIMEOUT);
+        match broker.request(request).await {
+            Ok(answer) => {
+                tally.answered.set(tally.answered.get() + 1);
+                tally.request_us.borrow_mut().push(micros(started));
+                if answer != payload {
+                    tally.wrong_answers.set(tally.wrong_answers.get() + 1);
+                }
             }
             Err(error) => {
-                let kind = match &error {
-                    CallError::Closed(reason) => format!("closed ({})", reason.kind()),
-                    other => other.kind().to_string(),
-                };
-                self.fail("CallError", kind);
-                false
+                tally.fail("request", error.kind());
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
-        }
-    }
-
-    /// Counts a call as made and returns its payload, unique per caller and call.
-    fn next_call(&self, caller: usize, seq: &mut u64) -> Bytes {
-        *seq += 1;
-        self.made.set(self.made.get() + 1);
-        Bytes::from(format!("caller {caller} call {seq}"))
-    }
-}
-
-/// What the callers share.
-struct Client {
-    pool: Handle,
-    authority: Authority,
-    tally: Tally,
-}
-
-impl Client {
-    /// Asks the pool for a shared connection per burst of calls.
-    async fn shared_caller(self: Rc<Self>, caller: usize, until: Instant) {
-        let mut seq = 0;
-        while Instant::now() < until {
-            let payload = self.tally.next_call(caller, &mut seq);
-            let conn = match self.pool.shared(&self.authority).await {
-                Ok(conn) => conn,
-                Err(error) => {
-                    self.tally.checkout_failed(&error);
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-            };
-            let mut payload = Some(payload);
-            for _ in 0..SHARED_BURST {
-                let payload = match payload.take() {
-                    Some(first) => first,
-                    None if Instant::now() < until => self.tally.next_call(caller, &mut seq),
-                    None => break,
-                };
-                let started = Instant::now();
-                let outcome = conn.call(payload.clone()).await;
-                let via = (Via::Shared, conn.id());
-                if !self.tally.record(via, &payload, started, outcome) {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Leases a connection for exclusive use per burst of calls.
-    async fn exclusive_caller(self: Rc<Self>, caller: usize, until: Instant) {
-        let mut seq = 0;
-        while Instant::now() < until {
-            let payload = self.tally.next_call(caller, &mut seq);
-            let lease = match self
-                .pool
-                .checkout_within(&self.authority, CHECKOUT_TIMEOUT)
-                .await
-            {
-                Ok(lease) => lease,
-                Err(error) => {
-                    self.tally.checkout_failed(&error);
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-            };
-            let mut payload = Some(payload);
-            for _ in 0..LEASE_BURST {
-                let payload = match payload.take() {
-                    Some(first) => first,
-                    None if Instant::now() < until => self.tally.next_call(caller, &mut seq),
-                    None => break,
-                };
-                let started = Instant::now();
-                let outcome = lease.call(payload.clone()).await;
-                if !self
-                    .tally
-                    .record((Via::Leased, lease.id()), &payload, started, outcome)
-                {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    break;
-                }
-            }
-            // Back to the pool (or, if its connection broke, to be replaced).
-            drop(lease);
         }
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
+fn percentile(values: &mut [u32], p: f64) -> u32 {
+    if values.is_empty() {
         return 0;
     }
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank]
+    values.sort_unstable();
+    values[((values.len() - 1) as f64 * p).round() as usize]
 }
 
-/// On how many of the `created` connections shared and leased calls were answered,
-/// and the busiest connection's share of the shared ones.
-fn spread(carried: &BTreeMap<ConnectionId, [u64; 2]>, created: u64) -> String {
-    let on = |via: Via| carried.values().filter(|c| c[via as usize] > 0).count();
-    let shared: Vec<u64> = carried.values().map(|c| c[Via::Shared as usize]).collect();
-    let total: u64 = shared.iter().sum();
-    let busiest = shared.iter().max().copied().unwrap_or(0);
-    format!(
-        "shared calls on {} of {created} connections (busiest {:.0}%), leased calls on {}",
-        on(Via::Shared),
-        busiest as f64 * 100.0 / total.max(1) as f64,
-        on(Via::Leased)
-    )
-}
-
-fn millis(duration: Duration) -> u128 {
-    duration.as_millis()
-}
-
-/// Polls the pool's status until `done` holds; returns when it did, or `None` at
-/// `deadline`.
-async fn wait_for(
-    pool: &Handle,
-    deadline: Instant,
-    mut done: impl FnMut(&PoolStatus) -> bool,
-) -> Option<Instant> {
-    loop {
-        if let Ok(status) = pool.status().await {
-            if done(&status) {
-                return Some(Instant::now());
+/// Confirmed messages that some consumer of their topic did not get.
+fn lost(tally: &Tally, consumers: &[ConsumerState]) -> u64 {
+    let mut lost = 0;
+    for &(producer, seq) in tally.confirmed_ids.borrow().iter() {
+        let topic = producer as usize % TOPICS;
+        for consumer in consumers.iter().filter(|c| c.topic == topic) {
+            let seen = consumer.seen.borrow();
+            let got = seen[producer as usize]
+                .get(seq as usize)
+                .copied()
+                .unwrap_or(false);
+            if !got {
+                lost += 1;
             }
         }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(POLL).await;
     }
+    lost
 }
 
-/// Kills one connection at a third of the run and restarts the server at two
-/// thirds, printing what happens; returns a line per fault for the summary.
-async fn inject_faults(
-    server: Rc<EchoServer>,
-    pool: Handle,
-    authority: Authority,
-    started: Instant,
-    run: Duration,
-    size: usize,
-) -> Vec<String> {
-    let stamp = || format!("  {:>5.1}s ", started.elapsed().as_secs_f64());
-    let full = |status: &PoolStatus| {
-        status
-            .authority(&authority)
-            .is_some_and(|a| a.size == size && a.connecting == 0 && !a.down)
+async fn run(options: Options) -> Result<bool, Box<dyn std::error::Error>> {
+    let server = match options.connect {
+        Some(_) => None,
+        None => Some(Rc::new(
+            Server::start(options.serve.unwrap_or(([127, 0, 0, 1], 0).into())).await?,
+        )),
     };
-    let mut recap = Vec::new();
-
-    tokio::time::sleep_until(started + run / 3).await;
-    let created = match pool.status().await {
-        Ok(status) => status.counters.created,
-        Err(error) => return vec![format!("no faults: {error}")],
-    };
-    let killed_at = Instant::now();
-    if !server.kill_one() {
-        recap.push("kill: the server had no connection to kill".to_string());
-    } else {
-        println!(
-            "{} fault: killed the server's side of one connection",
-            stamp()
-        );
-        let replaced = wait_for(&pool, killed_at + BACKOFF_MAX * 3, |status| {
-            status.counters.created > created && full(status)
-        })
-        .await;
-        let line = match replaced {
-            Some(at) => format!(
-                "kill one connection: replaced, pool back to {size} after {} ms",
-                millis(at - killed_at)
-            ),
-            None => format!(
-                "kill one connection: NOT replaced within {} ms",
-                millis(BACKOFF_MAX * 3)
-            ),
-        };
-        println!("{} pool: {line}", stamp());
-        recap.push(line);
+    let address = options
+        .connect
+        .or(server.as_ref().map(|s| s.address))
+        .expect("a server address");
+    if options.serve.is_some() {
+        println!("serving on {address}; Ctrl-C stops");
+        tokio::signal::ctrl_c().await?;
+        return Ok(true);
     }
-
-    tokio::time::sleep_until(started + run * 2 / 3).await;
-    let down_at = Instant::now();
-    match server.go_down().await {
-        Ok(open) => println!(
-            "{} fault: server restarting: stopped listening, reset its {open} connections",
-            stamp()
-        ),
-        Err(error) => {
-            recap.push(format!("restart: could not stop the server: {error}"));
-            return recap;
-        }
-    }
-    tokio::time::sleep(RESTART_PAUSE).await;
-    if let Err(error) = server.come_back().await {
-        let line = format!("restart: could not listen again: {error}");
-        println!("{} {line}", stamp());
-        recap.push(line);
-        return recap;
-    }
-    let up_at = Instant::now();
     println!(
-        "{} server listening again on the same port after {} ms",
-        stamp(),
-        millis(up_at - down_at)
+        "server on {address}; client: {} connections, {} producers on {TOPICS} topics, \
+         {} consumers, {} callers, {} s",
+        options.connections,
+        options.producers,
+        TOPICS * CONSUMERS_PER_TOPIC,
+        options.callers,
+        options.seconds
     );
-    // Full size again, and every connection opened since the server went down.
-    let restored = wait_for(&pool, up_at + BACKOFF_MAX * 3, |status| {
-        full(status)
-            && status.authority(&authority).is_some_and(|a| {
-                a.connections
-                    .iter()
-                    .all(|member| member.age < down_at.elapsed())
-            })
-    })
-    .await;
-    let line = match restored {
-        Some(at) => format!(
-            "restart: server down {} ms, pool back to {size} new connections {} ms after it came back (backoff_max {} ms)",
-            millis(up_at - down_at),
-            millis(at - up_at),
-            millis(BACKOFF_MAX)
-        ),
-        None => format!(
-            "restart: pool NOT back to {size} connections within {} ms of the server coming back",
-            millis(BACKOFF_MAX * 3)
-        ),
-    };
-    println!("{} pool: {line}", stamp());
-    recap.push(line);
-    recap
-}
 
-async fn run(options: Options, server: Rc<EchoServer>) -> Result<bool, Box<dyn std::error::Error>> {
-    let authority = Authority::from(server.addr());
-    let config = PoolConfig::builder()
+    let pool_config = PoolConfig::builder()
         .min_idle(options.connections)
         .max_size(options.connections)
-        .checkout_timeout(CHECKOUT_TIMEOUT)
-        .connect_timeout(Duration::from_secs(1))
-        .backoff_base(BACKOFF_BASE)
-        .backoff_max(BACKOFF_MAX)
-        .shutdown_timeout(Duration::from_secs(2))
+        .checkout_timeout(Duration::from_secs(2))
+        .backoff_base(Duration::from_millis(50))
+        .backoff_max(Duration::from_secs(1))
         .build()?;
     let connection = ConnectionConfig::builder()
         .call_timeout(CALL_TIMEOUT)
         .heartbeat_interval(Duration::from_secs(1))
         .heartbeat_timeout(Duration::from_secs(3))
         .build()?;
-    let connector = TcpConnector::new().connect_timeout(Duration::from_secs(1));
-    // Eager start: resolves once the authority has its `min_idle` connections.
-    let pool = Pool::builder(connector, FrameProtocol::default())
-        .config(config)
-        .connection(connection)
-        .authority(authority.clone())
-        .build()
-        .await?;
-    let client = Rc::new(Client {
-        pool: pool.clone(),
-        authority: authority.clone(),
-        tally: Tally::default(),
-    });
-    let exclusive = exclusive_callers(&options);
-    println!(
-        "switchboard demo: {} callers ({} shared, {} exclusive) over a pool of {} connections to echo server {} for {} s",
-        options.callers,
-        options.callers - exclusive,
-        exclusive,
-        options.connections,
-        server.addr(),
-        options.seconds
-    );
+    let authority = Authority::tcp(address.ip().to_string(), address.port());
+    let broker = Broker::builder(
+        Pool::builder(TcpConnector::new(), FrameProtocol::default())
+            .config(pool_config)
+            .connection(connection),
+        authority,
+    )
+    .config(BrokerConfig::default())
+    .start();
 
-    let started = Instant::now();
-    let length = Duration::from_secs(options.seconds);
-    let until = started + length;
-    let mut callers: Vec<_> = (0..options.callers)
-        .map(|caller| {
-            let client = client.clone();
-            if caller < exclusive {
-                actix_rt::spawn(client.exclusive_caller(caller, until))
-            } else {
-                actix_rt::spawn(client.shared_caller(caller, until))
+    // Consumers first, so that they see every message.
+    let mut consumers = Vec::new();
+    for topic in 0..TOPICS {
+        for _ in 0..CONSUMERS_PER_TOPIC {
+            let state = ConsumerState {
+                topic,
+                seen: Rc::new(RefCell::new(vec![Vec::new(); options.producers])),
+                delivered: Rc::new(Cell::new(0)),
+                violations: Rc::new(Cell::new(0)),
+            };
+            let consumer = Consumer {
+                last: vec![0; options.producers],
+                seen: state.seen.clone(),
+                delivered: state.delivered.clone(),
+                violations: state.violations.clone(),
             }
-        })
-        .collect();
-    let mut faults = actix_rt::spawn(inject_faults(
-        server,
-        pool.clone(),
-        authority.clone(),
-        started,
-        length,
-        options.connections,
-    ));
+            .start();
+            broker
+                .subscribe(topic_name(topic), consumer.recipient())
+                .await?;
+            consumers.push(state);
+        }
+    }
 
-    let tally = &client.tally;
-    let mut tick =
-        tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+    let tally = Rc::new(Tally::default());
+    let started = Instant::now();
+    let run_for = Duration::from_secs(options.seconds);
+    let until = started + run_for;
+    let mut tasks = Vec::new();
+    for producer in 0..options.producers {
+        let task = produce(broker.clone(), producer as u32, tally.clone(), until);
+        tasks.push(actix_rt::spawn(task));
+    }
+    for caller in 0..options.callers {
+        tasks.push(actix_rt::spawn(call(
+            broker.clone(),
+            caller,
+            tally.clone(),
+            until,
+        )));
+    }
+
+    // Progress and faults.
+    let mut killed = false;
+    let mut restarted = false;
+    let mut second = 0;
     while Instant::now() < until {
-        tick.tick().await;
-        let size = match pool.status().await {
-            Ok(status) => match status.authority(&authority) {
-                Some(a) => format!(
-                    "size {} idle {} leased {} connecting {}",
-                    a.size, a.idle, a.leased, a.connecting
-                ),
-                None => "unknown authority".to_string(),
-            },
-            Err(error) => error.to_string(),
-        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let elapsed = started.elapsed();
+        if let Some(server) = &server {
+            if !killed && elapsed >= run_for / 3 {
+                killed = true;
+                let done = server.kill_one().await;
+                println!("  fault: killed one server-side connection ({done})");
+            }
+            if !restarted && elapsed >= run_for * 2 / 3 {
+                restarted = true;
+                println!("  fault: restarting the listener (port closed {RESTART_PAUSE:?})");
+                server.restart_listener().await?;
+            }
+        }
+        if elapsed.as_secs() > second {
+            second = elapsed.as_secs();
+            let status = broker.pool().status().await?;
+            let delivered: u64 = consumers.iter().map(|c| c.delivered.get()).sum();
+            println!(
+                "{second:>3}s published {:>8} confirmed {:>8} delivered {:>8} requests {:>8} \
+                 failed {:>5} connections {}",
+                tally.published.get(),
+                tally.confirmed.get(),
+                delivered,
+                tally.answered.get(),
+                tally.failures(),
+                status.connections
+            );
+        }
+    }
+    for task in tasks {
+        tokio::time::timeout(CALL_TIMEOUT * 3, task).await??;
+    }
+    // Wait until every confirmed message reached its consumers, or the bound.
+    let settle = Instant::now();
+    while lost(&tally, &consumers) > 0 && settle.elapsed() < SETTLE_BOUND {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let lost = lost(&tally, &consumers);
+    let violations: u64 = consumers.iter().map(|c| c.violations.get()).sum();
+    let delivered: u64 = consumers.iter().map(|c| c.delivered.get()).sum();
+    let status = broker.pool().status().await?;
+    let stats = broker.stats().await?;
+    let counters = &status.counters;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("summary after {elapsed:.1} s:");
+    println!(
+        "  published {} ({:.0}/s): confirmed {}, unconfirmed {} (may have been delivered {}, \
+         not delivered {})",
+        tally.published.get(),
+        tally.published.get() as f64 / elapsed,
+        tally.confirmed.get(),
+        tally.unconfirmed_maybe.get() + tally.unconfirmed_not.get(),
+        tally.unconfirmed_maybe.get(),
+        tally.unconfirmed_not.get()
+    );
+    println!(
+        "  delivered {delivered} to {} consumers (duplicates dropped by the broker: {}, \
+         missed on catch-up: {})",
+        consumers.len(),
+        stats.duplicates,
+        stats.missed
+    );
+    println!(
+        "  requests {}: answered {} ({:.0}/s), wrong answers {}",
+        tally.requests.get(),
+        tally.answered.get(),
+        tally.answered.get() as f64 / elapsed,
+        tally.wrong_answers.get()
+    );
+    let failed = tally.failed.borrow();
+    if failed.is_empty() {
+        println!("  failed: none");
+    } else {
+        let list: Vec<String> = failed.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        println!("  failed by kind: {}", list.join(", "));
+    }
+    println!(
+        "  reconnects: {} connections opened after the first {}; producers re-pinned {}, \
+         publishes resent {}, subscriptions resubscribed {}",
+        counters.created.saturating_sub(options.connections as u64),
+        options.connections,
+        stats.repins,
+        stats.resent,
+        stats.resubscribes
+    );
+    let mut publish_us = tally.publish_us.take();
+    let mut request_us = tally.request_us.take();
+    println!(
+        "  latency: publish confirm p50 {} us p99 {} us; request p50 {} us p99 {} us",
+        percentile(&mut publish_us, 0.50),
+        percentile(&mut publish_us, 0.99),
+        percentile(&mut request_us, 0.50),
+        percentile(&mut request_us, 0.99)
+    );
+    if let Some(server) = &server {
+        let server_stats = server.broker.send(GetServerStats).await?;
         println!(
-            "  {:>5.1}s  calls {:>9}  answered {:>9}  failed {:>5}  pool: {size}",
-            started.elapsed().as_secs_f64(),
-            tally.made.get(),
-            tally.answered.get(),
-            tally.failed(),
+            "  server: published {}, delivered {}, replayed {}, slow disconnects {}",
+            server_stats.published,
+            server_stats.delivered,
+            server_stats.replayed,
+            server_stats.slow_disconnects
         );
     }
-
-    // Every caller stops at `until`; what it is waiting for then (a checkout, a call,
-    // a pause) ends within its own timeout. Callers still busy at the bound are
-    // stopped, and their calls without an outcome count as unresolved.
-    let deadline = Instant::now() + OUTSTANDING_BOUND;
-    let mut stuck = 0;
-    for caller in &mut callers {
-        if tokio::time::timeout_at(deadline, &mut *caller)
-            .await
-            .is_err()
-        {
-            caller.abort();
-            stuck += 1;
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let recap = match tokio::time::timeout_at(deadline, &mut faults).await {
-        Ok(Ok(recap)) => recap,
-        _ => {
-            faults.abort();
-            vec!["faults: did not finish in time".to_string()]
-        }
-    };
-    let status = pool.status().await?;
-
-    // Drain: no new checkouts, calls in flight finish, every connection closes.
-    let drain_started = Instant::now();
-    // The pool's own shutdown timeout (2 s) bounds the drain; this outer bound only
-    // guards the demo against a bug.
-    let drained = tokio::time::timeout(Duration::from_secs(5), pool.drain())
-        .await
-        .ok();
-    let drain_took = drain_started.elapsed();
-    let after_drain = match pool.status().await {
-        Ok(status) => format!("{} connections", status.connections),
-        Err(error) => format!("Err({})", error.kind()),
-    };
-
-    let made = tally.made.get();
-    let answered = tally.answered.get();
-    let failed = tally.failed();
-    let unresolved = made.saturating_sub(answered + failed);
-    let mut latencies = std::mem::take(&mut *tally.latencies_us.borrow_mut());
-    latencies.sort_unstable();
-    let counters = &status.counters;
-    let checkouts = &counters.checkouts;
-
-    println!("\nsummary");
-    println!("  calls made        {made}");
-    println!(
-        "  answered          {answered} ({:.0} calls/s)",
-        answered as f64 / elapsed
-    );
-    println!("  failed            {failed}");
-    for ((source, kind), count) in tally.failed.borrow().iter() {
-        println!("    {source:<9} {kind:<20} {count}");
-    }
-    println!("  mismatched        {}", tally.mismatched.get());
-    println!("  unresolved        {unresolved}");
-    if stuck > 0 {
-        println!("    callers stopped at the bound: {stuck}");
-    }
-    println!(
-        "  connections       {} created, {} closed, {} connect failures, marked down {} time(s)",
-        counters.created,
-        counters.closed.values().sum::<u64>(),
-        counters.connect_failures,
-        counters.marked_down
-    );
-    for (reason, count) in &counters.closed {
-        println!("    closed: {reason:<14} {count}");
-    }
-    println!(
-        "  checkouts         {} direct, {} waited, {} timed out, {} refused, {} failed; {} shared handles",
-        checkouts.direct,
-        checkouts.waited,
-        checkouts.timed_out,
-        checkouts.refused,
-        checkouts.failed,
-        checkouts.shared
-    );
-    println!(
-        "  spread            {}",
-        spread(&tally.carried.borrow(), counters.created)
-    );
-    println!("  latency p50       {} us", percentile(&latencies, 0.50));
-    println!("  latency p99       {} us", percentile(&latencies, 0.99));
-    println!("  faults");
-    for line in &recap {
-        println!("    {line}");
-    }
-    println!(
-        "  drain             {} in {:.1} ms; status() after it: {after_drain}",
-        match drained {
-            Some(outcome) => format!("resolved ({outcome:?})"),
-            None => "DID NOT resolve".to_owned(),
-        },
-        drain_took.as_secs_f64() * 1e3
-    );
-    let ok = tally.mismatched.get() == 0 && unresolved == 0 && stuck == 0;
-    println!(
-        "  every call resolved exactly once, with the right reply: {}",
-        if ok { "yes" } else { "NO" }
-    );
-    Ok(ok)
+    println!("  order violations: {violations}");
+    println!("  lost: {lost}");
+    let outcome = broker.pool().drain().await;
+    println!("  pool drained: {outcome:?}");
+    Ok(lost == 0 && violations == 0 && tally.wrong_answers.get() == 0)
 }
 
 fn main() -> ExitCode {
@@ -618,24 +614,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server = match EchoServer::start() {
-        Ok(server) => Rc::new(server),
-        Err(error) => {
-            eprintln!("could not start the echo server: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The system (and every task still holding the server) is gone once this returns.
-    let outcome = actix::System::new().block_on(run(options, server.clone()));
-    match Rc::try_unwrap(server) {
-        Ok(server) => server.shutdown(),
-        Err(server) => drop(server),
-    }
-    match outcome {
+    let system = actix::System::new();
+    match system.block_on(run(options)) {
         Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(false) => {
+            eprintln!("FAILED: lost messages, order violations or wrong answers");
+            ExitCode::FAILURE
+        }
         Err(error) => {
-            eprintln!("demo failed: {error}");
+            eprintln!("error: {error}");
             ExitCode::FAILURE
         }
     }

@@ -37,6 +37,7 @@ mod producer;
 mod subscriptions;
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use actix::{
@@ -352,10 +353,21 @@ impl<C: Connector> BrokerHandle<C> {
     }
 
     /// Publishes; see [`Publish`].
-    pub async fn publish(&self, publish: Publish) -> Result<Confirmed, Unconfirmed> {
-        self.broker.send(publish).await.unwrap_or(Err(Unconfirmed {
-            error: BrokerError::Stopped,
-        }))
+    ///
+    /// The message is queued to the broker when this is called, not when the future
+    /// is first polled, so one producer's ordered publishes keep the order of the
+    /// calls even when the caller keeps many in flight and polls them in any order.
+    pub fn publish(
+        &self,
+        publish: Publish,
+    ) -> impl Future<Output = Result<Confirmed, Unconfirmed>> + 'static {
+        // A fresh sender is never parked by a full mailbox: `send` queues at once.
+        let sent = self.broker.clone().send(publish);
+        async move {
+            sent.await.unwrap_or(Err(Unconfirmed {
+                error: BrokerError::Stopped,
+            }))
+        }
     }
 
     /// Sends a request to the server's handler for `route`; see [`Request`].
