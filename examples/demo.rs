@@ -564,7 +564,7 @@ async fn run(options: Options) -> Result<bool, Box<dyn std::error::Error>> {
         tally.answered.get() as f64 / elapsed,
         tally.wrong_answers.get()
     );
-    let failed = tally.failed.borrow();
+    let failed = tally.failed.borrow().clone();
     if failed.is_empty() {
         println!("  failed: none");
     } else {

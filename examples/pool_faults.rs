@@ -102,7 +102,9 @@ fn parse_options() -> Result<Options, String> {
             "--connections" => options.connections = value("--connections")?.max(1) as usize,
             "--callers" => options.callers = value("--callers")?.max(1) as usize,
             "--help" | "-h" => {
-                return Err("usage: demo [--seconds N] [--connections C] [--callers K]".into());
+                return Err(
+                    "usage: pool_faults [--seconds N] [--connections C] [--callers K]".into(),
+                );
             }
             other => return Err(format!("unknown argument {other}; try --help")),
         }

@@ -47,6 +47,13 @@
 //!   restarts with backoff and failure accrual, drain and close. Checkouts that find
 //!   an idle connection do not go through the actor. Use it through a
 //!   [`PoolHandle`] or with messages ([`pool::Checkout`], [`pool::GetStatus`], ...).
+//! - [`Broker`] (`src/broker/`): routes application messages over a Pool: requests
+//!   by id, publishes ordered per producer or spread by load, subscriptions kept
+//!   across reconnects. Use it through a [`BrokerHandle`] or with messages
+//!   ([`broker::Publish`], [`broker::Request`], [`broker::Subscribe`], ...).
+//! - [`server`] (`src/server/`): the server side: a [`server::Listener`] accepts
+//!   sockets into Connections registered with a [`server::ServerBroker`], which
+//!   answers requests through handler actors and fans publishes out to subscribers.
 //! - [`protocol`] (`src/protocol/`): the [`Protocol`](protocol::Protocol) trait (a
 //!   codec plus frame semantics) and the built-in
 //!   [`frame`](protocol::frame) protocol.

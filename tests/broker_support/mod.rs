@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, ResponseFuture};
+use actix::{Actor, Addr, Context, Handler, ResponseFuture};
 use bytes::Bytes;
 use switchboard::broker::{BrokerConfig, Delivery};
 use switchboard::protocol::frame::FrameProtocol;
@@ -23,7 +23,9 @@ use switchboard::server::{
     ServerRequest, ServerStats,
 };
 use switchboard::transport::TcpConnector;
-use switchboard::{Authority, Broker, BrokerHandle, ConnectionConfig, ConnectionId, Pool, PoolConfig};
+use switchboard::{
+    Authority, Broker, BrokerHandle, ConnectionConfig, ConnectionId, Pool, PoolConfig,
+};
 use tokio::net::TcpListener;
 
 /// The bound on waits that should end quickly on loopback.
@@ -140,7 +142,9 @@ pub async fn start_server_with(config: ServerConfig, options: ServerOptions) -> 
     let broker = ServerBroker::start(config).expect("valid server config");
     let socket = match options.socket {
         Some(socket) => socket,
-        None => TcpListener::bind("127.0.0.1:0").await.expect("bind loopback"),
+        None => TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback"),
     };
     let port = socket.local_addr().expect("bound").port();
     let mut builder = Listener::builder(socket, broker.clone());
