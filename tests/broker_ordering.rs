@@ -206,6 +206,7 @@ async fn ordered_producers_keep_order_across_connection_kills() {
     }
     assert!(confirmed > 0);
 
+    eprintln!("kills {kills}, confirmed {confirmed}, unconfirmed {unconfirmed}");
     // Every publish was counted exactly once by the broker too.
     let stats = within(WAIT, "broker stats", publisher.stats())
         .await
@@ -276,6 +277,7 @@ async fn graceful_move(pool: PoolConfig, shrink: bool, pace: Option<Duration>) {
         .unwrap();
     assert_eq!(stats.confirmed, u64::from(PRODUCERS * COUNT), "{stats:?}");
     assert_eq!(stats.unconfirmed, 0, "{stats:?}");
+    eprintln!("graceful move: {stats:?}");
     let status = within(WAIT, "pool status", publisher.pool().status())
         .await
         .unwrap();

@@ -221,7 +221,12 @@ impl<C: Connector> Broker<C> {
         let wait = first.saturating_mul(1 << topic.failures.min(16)).min(max);
         topic.failures += 1;
         tracing::debug!(topic = ?name, %error, ?wait, "subscribe failed; trying again");
-        ctx.run_later(wait, move |this, ctx| this.join(name, ctx));
+        ctx.run_later(wait, move |this, ctx| {
+            // Unless a new subscriber's join got there first.
+            if this.topics.get(&name).is_some_and(|topic| topic.source.is_none()) {
+                this.join(name, ctx);
+            }
+        });
     }
 
     /// A connection closed (`closed`) or began to drain: its subscriptions move.
