@@ -188,7 +188,8 @@ impl<C: Connector> Broker<C> {
             topic.subscribers.push((id, subscriber));
             let _ = reply.send(Ok(id));
         }
-        if let Some(old) = old {
+        let now_on = topic.source_id();
+        if let Some(old) = old.filter(|old| Some(old.id()) != now_on) {
             self.stats.resubscribes += 1;
             // Moved off a draining connection: stop its copies. Best effort (`try_send`):
             // it closes soon, and the server drops its subscriptions then.
@@ -276,7 +277,10 @@ impl<C: Connector> Broker<C> {
             payload: push.payload,
         };
         let mut gone = Vec::new();
-        for (id, subscriber) in &topic.subscribers {
+        // Those waiting for the first subscribe's answer get what arrives before it:
+        // they are subscribed on the server already.
+        let waiting = topic.waiting.iter().map(|(id, subscriber, _)| (id, subscriber));
+        for (id, subscriber) in topic.subscribers.iter().map(|(id, s)| (id, s)).chain(waiting) {
             match subscriber.try_send(delivery.clone()) {
                 Ok(()) => self.stats.deliveries += 1,
                 Err(actix::prelude::SendError::Full(_)) => self.stats.deliveries_dropped += 1,

@@ -504,7 +504,10 @@ impl ServerBroker {
             }
             let frame = match answer {
                 Ok(Ok(reply)) => Frame::response(id, reply),
-                Ok(Err(error)) => Frame::error(id, error.message().clone()),
+                Ok(Err(error)) => {
+                    this.stats.request_errors += 1;
+                    Frame::error(id, error.message().clone())
+                }
                 Err(actix::MailboxError::Timeout) => {
                     this.stats.request_errors += 1;
                     Frame::error(id, "handler timed out")
