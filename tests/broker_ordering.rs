@@ -169,7 +169,15 @@ async fn ordered_producers_keep_order_across_connection_kills() {
     let publisher = start_client(server.port, pool_config(2, 4));
     wait_pool_size(&publisher, server.port, 2).await;
 
-    let producing = run_producers(&publisher, PRODUCERS, COUNT, 64, Some(Duration::from_millis(2)), WAIT * 3).await;
+    let producing = run_producers(
+        &publisher,
+        PRODUCERS,
+        COUNT,
+        64,
+        Some(Duration::from_millis(2)),
+        WAIT * 3,
+    )
+    .await;
 
     // Kill the publisher's connections twice while the producers are busy.
     let total = (PRODUCERS * COUNT) as usize;
@@ -206,7 +214,6 @@ async fn ordered_producers_keep_order_across_connection_kills() {
     }
     assert!(confirmed > 0);
 
-    eprintln!("kills {kills}, confirmed {confirmed}, unconfirmed {unconfirmed}");
     // Every publish was counted exactly once by the broker too.
     let stats = within(WAIT, "broker stats", publisher.stats())
         .await
@@ -277,7 +284,6 @@ async fn graceful_move(pool: PoolConfig, shrink: bool, pace: Option<Duration>) {
         .unwrap();
     assert_eq!(stats.confirmed, u64::from(PRODUCERS * COUNT), "{stats:?}");
     assert_eq!(stats.unconfirmed, 0, "{stats:?}");
-    eprintln!("graceful move: {stats:?}");
     let status = within(WAIT, "pool status", publisher.pool().status())
         .await
         .unwrap();

@@ -192,7 +192,15 @@ impl<C: Connector> Broker<C> {
             producer.outstanding += 1;
         }
         ctx.spawn(answer.into_actor(self).map(move |answer, this, ctx| {
-            let outcome = confirmation(answer);
+            // A call still in the mailbox of a connection that stopped (a drained one
+            // closes as soon as it is quiet) was never handled, so never written:
+            // like a refusal as closing, it goes again.
+            let outcome = match answer {
+                Err(actix::MailboxError::Closed) => Err(Unconfirmed {
+                    error: BrokerError::Call(CallError::Closing),
+                }),
+                answer => confirmation(answer),
+            };
             let Some(producer) = this.producers.get_mut(&id) else {
                 return;
             };

@@ -224,7 +224,11 @@ impl<C: Connector> Broker<C> {
         tracing::debug!(topic = ?name, %error, ?wait, "subscribe failed; trying again");
         ctx.run_later(wait, move |this, ctx| {
             // Unless a new subscriber's join got there first.
-            if this.topics.get(&name).is_some_and(|topic| topic.source.is_none()) {
+            if this
+                .topics
+                .get(&name)
+                .is_some_and(|topic| topic.source.is_none())
+            {
                 this.join(name, ctx);
             }
         });
@@ -279,8 +283,16 @@ impl<C: Connector> Broker<C> {
         let mut gone = Vec::new();
         // Those waiting for the first subscribe's answer get what arrives before it:
         // they are subscribed on the server already.
-        let waiting = topic.waiting.iter().map(|(id, subscriber, _)| (id, subscriber));
-        for (id, subscriber) in topic.subscribers.iter().map(|(id, s)| (id, s)).chain(waiting) {
+        let waiting = topic
+            .waiting
+            .iter()
+            .map(|(id, subscriber, _)| (id, subscriber));
+        for (id, subscriber) in topic
+            .subscribers
+            .iter()
+            .map(|(id, s)| (id, s))
+            .chain(waiting)
+        {
             match subscriber.try_send(delivery.clone()) {
                 Ok(()) => self.stats.deliveries += 1,
                 Err(actix::prelude::SendError::Full(_)) => self.stats.deliveries_dropped += 1,

@@ -351,6 +351,14 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         if count == 0 {
             return None;
         }
+        if spread == Spread::TwoChoices {
+            // A picker that spreads by load wants every open connection in the
+            // running: in a burst, loads read zero until the connections have
+            // written, and only a random pick among all of them spreads the burst.
+            for idle in &self.idle {
+                idle.member.shared.store(true, Ordering::Relaxed);
+            }
+        }
         let start = self.next_shared % count;
         self.next_shared = self.next_shared.wrapping_add(1);
         let mut best: Option<(usize, usize)> = None;
@@ -371,7 +379,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
                 _ => best = Some((load, at)),
             }
         }
-        if spread == Spread::TwoChoices && shared > 2 {
+        if spread == Spread::TwoChoices && shared >= 2 {
             best = self.two_choices(shared);
         }
         let at = match (best, unshared) {
@@ -392,26 +400,30 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     }
 
     /// Of two shared idle members picked at random, the less loaded (its load and
-    /// place). `shared` is how many there are (more than two).
+    /// place). `shared` is how many there are (at least two).
     fn two_choices(&self, shared: usize) -> Option<(usize, usize)> {
         let first = fastrand::usize(..shared);
         let second = (first + 1 + fastrand::usize(..shared - 1)) % shared;
         let mut nth = 0;
-        let mut picked: Option<(usize, usize)> = None;
+        let (mut a, mut b) = (None, None);
         for (at, idle) in self.idle.iter().enumerate() {
             if !idle.member.shared.load(Ordering::Relaxed) {
                 continue;
             }
-            if nth == first || nth == second {
-                let load = idle.member.gauge.get();
-                match picked {
-                    Some((least, _)) if least <= load => {}
-                    _ => picked = Some((load, at)),
-                }
+            if nth == first {
+                a = Some((idle.member.gauge.get(), at));
+            } else if nth == second {
+                b = Some((idle.member.gauge.get(), at));
             }
             nth += 1;
         }
-        picked
+        // A tie goes to the first pick, itself random: in a burst every load reads
+        // zero, and preferring either place would skew the spread.
+        match (a, b) {
+            (Some(a), Some(b)) if b.0 < a.0 => Some(b),
+            (Some(a), _) => Some(a),
+            (None, b) => b,
+        }
     }
 
     /// Takes an idle member out for the actor (a check or retirement).

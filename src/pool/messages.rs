@@ -69,9 +69,10 @@ pub enum Spread {
     /// The one with the fewest calls in flight, ties taken in turn.
     #[default]
     LeastLoaded,
-    /// The less loaded of two picked at random ("power of two choices"): close to
-    /// the least loaded, without every picker piling onto the same one between two
-    /// load readings.
+    /// The less loaded of two picked at random ("power of two choices") among every
+    /// idle connection of the authority, which all go into shared use: close to the
+    /// least loaded, without every picker piling onto the same one between two load
+    /// readings (in a burst, loads read zero until the connections have written).
     TwoChoices,
 }
 

@@ -106,9 +106,11 @@ pub struct ServerStats {
     pub subscriptions: usize,
     /// Messages published (by clients and [`Broadcast`]).
     pub published: u64,
-    /// Copies of messages queued to subscribers.
+    /// Copies of messages queued to subscribers. Under [`Overflow::Drop`] a copy may
+    /// still be dropped at the subscriber's write buffer, which its connection counts
+    /// in [`ConnectionStats::deliveries_dropped`](crate::ConnectionStats::deliveries_dropped).
     pub delivered: u64,
-    /// Copies dropped because a subscriber's queue was full ([`Overflow::Drop`]).
+    /// Copies dropped because a subscriber's queue here was full ([`Overflow::Drop`]).
     pub dropped: u64,
     /// Peers disconnected for being slow ([`Overflow::Close`]).
     pub slow_disconnects: u64,
@@ -574,7 +576,13 @@ impl Handler<ConnectionEvent> for ServerBroker {
 
     /// Drops a closed connection and every subscription it had.
     fn handle(&mut self, event: ConnectionEvent, _: &mut Context<Self>) {
-        if let ConnectionEvent::Closed { id, .. } = event {
+        if let ConnectionEvent::Closed { id, reason } = event {
+            // A peer whose write buffer filled closed itself; one whose queue here
+            // filled was evicted and counted already.
+            let evicted = self.peers.get(&id).is_some_and(|peer| peer.evicted);
+            if matches!(reason, CloseReason::SlowConsumer { .. }) && !evicted {
+                self.stats.slow_disconnects += 1;
+            }
             self.forget(id);
         }
     }

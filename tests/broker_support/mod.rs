@@ -202,8 +202,9 @@ pub async fn wait_pool_size(client: &Client, port: u16, count: usize) {
         let authority = authority.clone();
         async move {
             let status = pool.status().await.ok()?;
-            let size = status.authority(&authority)?.size;
-            (size == count).then_some(())
+            // Open and idle, so that a burst of picks finds every one of them.
+            let group = status.authority(&authority)?;
+            (group.size == count && group.idle == count).then_some(())
         }
     })
     .await;
