@@ -73,18 +73,11 @@ async fn a_peer_past_max_connections_waits_until_one_closes() {
 }
 
 async fn wait_subscriptions(server: &Server, count: usize) {
-    let broker = server.broker.clone();
-    eventually(WAIT, &format!("{count} server subscriptions"), || {
-        let broker = broker.clone();
-        async move {
-            let stats = broker
-                .send(switchboard::server::GetServerStats)
-                .await
-                .ok()?;
-            (stats.subscriptions == count).then_some(())
-        }
-    })
-    .await;
+    server
+        .wait_stats(&format!("{count} server subscriptions"), |stats| {
+            stats.subscriptions == count
+        })
+        .await;
 }
 
 #[actix::test]
@@ -161,18 +154,9 @@ async fn stop_with_abort_closes_every_connection_and_frees_the_port() {
         async move { (!connected).then_some(()) }
     })
     .await;
-    let broker = server.broker.clone();
-    eventually(WAIT, "no server connections", || {
-        let broker = broker.clone();
-        async move {
-            let stats = broker
-                .send(switchboard::server::GetServerStats)
-                .await
-                .ok()?;
-            (stats.connections == 0).then_some(())
-        }
-    })
-    .await;
+    server
+        .wait_stats("no server connections", |stats| stats.connections == 0)
+        .await;
 
     // The port is free again.
     let port = server.port;

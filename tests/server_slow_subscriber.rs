@@ -58,18 +58,11 @@ async fn slow_peer(server: &Server) -> (TcpStream, ConnectionId) {
     within(WAIT, "write subscribe", stream.write_all(&bytes))
         .await
         .unwrap();
-    let broker = server.broker.clone();
-    eventually(WAIT, "the slow peer's subscription", || {
-        let broker = broker.clone();
-        async move {
-            let stats = broker
-                .send(switchboard::server::GetServerStats)
-                .await
-                .ok()?;
-            (stats.subscriptions == 1).then_some(())
-        }
-    })
-    .await;
+    server
+        .wait_stats("the slow peer's subscription", |stats| {
+            stats.subscriptions == 1
+        })
+        .await;
     let after = server.connections().await;
     let id = *after
         .iter()

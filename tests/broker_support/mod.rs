@@ -106,6 +106,18 @@ impl Server {
         .await
     }
 
+    /// Waits until the server broker's counters satisfy `done`.
+    pub async fn wait_stats(&self, what: &str, done: impl Fn(&ServerStats) -> bool) {
+        let broker = self.broker.clone();
+        eventually(WAIT, what, || {
+            let broker = broker.clone();
+            let ready = broker.send(GetServerStats);
+            let done = &done;
+            async move { ready.await.ok().filter(|stats| done(stats)).map(|_| ()) }
+        })
+        .await;
+    }
+
     /// Routes requests for `route` to `handler`.
     pub async fn route(&self, route: &'static str, handler: actix::Recipient<ServerRequest>) {
         within(
