@@ -255,8 +255,16 @@ struct Topic {
     retained: VecDeque<(u64, Bytes)>,
 }
 
-/// The server side's router; see the [module documentation](self). Start one with
-/// [`ServerBroker::start`], then give its address to a [`Listener`](super::Listener).
+/// The server side's router: routes each connection's `Request` frames to handler
+/// actors by route, fans `Publish`es out to the topic's subscribers with per-topic
+/// sequence numbers, keeps a replay window per topic for subscribers catching up,
+/// drops a closed connection's subscriptions, and bounds what waits for each peer
+/// (`subscriber_queue`; a slow one is disconnected or loses messages as
+/// `slow_subscriber` says, and never stalls the others). See the
+/// [`server`](crate::server) module and `docs/broker.md`.
+///
+/// Start one with [`ServerBroker::start`], then give its address to a
+/// [`Listener`](super::Listener).
 pub struct ServerBroker {
     config: ServerConfig,
     peers: FxHashMap<ConnectionId, Peer>,

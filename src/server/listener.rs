@@ -112,8 +112,15 @@ pub struct ListenerStats {
     pub accept_errors: u64,
 }
 
-/// Accepts sockets into [`Connection`]s registered with a [`ServerBroker`]; see the
-/// [module documentation](self). Start one with [`Listener::builder`].
+/// Accepts sockets into [`Connection`]s registered with a [`ServerBroker`].
+///
+/// At most `max_connections` are open at once: at the cap it stops calling `accept`,
+/// so new peers wait in the kernel's backlog, and it accepts again when one closes.
+/// [`Stop`] closes the listening socket at once (the port can be bound again) and,
+/// with `abort`, aborts every accepted connection; the actor lives until the last of
+/// them closed, so that the broker hears of every close.
+///
+/// Start one with [`Listener::builder`].
 pub struct Listener<A: Accept> {
     acceptor: Option<Rc<A>>,
     broker: Addr<ServerBroker>,
