@@ -10,7 +10,7 @@ use broker_support::*;
 use bytes::{Bytes, BytesMut};
 use switchboard::broker::{ProducerId, Publish};
 use switchboard::protocol::frame::{Frame, FrameCodec, FrameKind};
-use switchboard::server::{ServerConfig, ServerStats};
+use switchboard::server::ServerConfig;
 use switchboard::{ConnectionConfig, ConnectionId, Overflow};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -146,16 +146,8 @@ async fn drain_pushes(stream: &mut TcpStream) -> usize {
     pushes
 }
 
-async fn stats(server: &Server) -> ServerStats {
-    server.stats().await
-}
-
-#[actix::test]
-async fn close_policy_disconnects_the_slow_peer_and_the_fast_one_gets_everything() {
-    let server = server(Overflow::Close).await;
-    let (_slow, slow_id) = slow_peer(&server).await;
-    run_fast_side(&server).await;
-
+/// Waits until the server's side of the slow peer's connection is gone.
+async fn wait_disconnected(server: &Server, slow_id: ConnectionId) {
     let listener = server.listener.clone();
     eventually(WAIT, "the slow peer disconnected", || {
         let listener = listener.clone();
@@ -168,7 +160,16 @@ async fn close_policy_disconnects_the_slow_peer_and_the_fast_one_gets_everything
         }
     })
     .await;
-    let stats = stats(&server).await;
+}
+
+#[actix::test]
+async fn close_policy_disconnects_the_slow_peer_and_the_fast_one_gets_everything() {
+    let server = server(Overflow::Close).await;
+    let (_slow, slow_id) = slow_peer(&server).await;
+    run_fast_side(&server).await;
+
+    wait_disconnected(&server, slow_id).await;
+    let stats = server.stats().await;
     assert_eq!(
         stats.subscriptions, 1,
         "only the fast subscription is left: {stats:?}"
@@ -180,19 +181,8 @@ async fn close_policy_counts_the_slow_disconnect() {
     let server = server(Overflow::Close).await;
     let (_slow, slow_id) = slow_peer(&server).await;
     run_fast_side(&server).await;
-    let listener = server.listener.clone();
-    eventually(WAIT, "the slow peer disconnected", || {
-        let listener = listener.clone();
-        async move {
-            let stats = listener
-                .send(switchboard::server::GetListenerStats)
-                .await
-                .ok()?;
-            (!stats.connections.contains(&slow_id)).then_some(())
-        }
-    })
-    .await;
-    let stats = stats(&server).await;
+    wait_disconnected(&server, slow_id).await;
+    let stats = server.stats().await;
     assert!(stats.slow_disconnects >= 1, "{stats:?}");
 }
 
@@ -207,7 +197,7 @@ async fn drop_policy_keeps_the_slow_peer_and_the_fast_one_gets_everything() {
         listener.connections.contains(&slow_id),
         "the slow peer was disconnected under Overflow::Drop: {listener:?}"
     );
-    let stats = stats(&server).await;
+    let stats = server.stats().await;
     assert_eq!(stats.subscriptions, 2, "{stats:?}");
     assert_eq!(stats.slow_disconnects, 0, "{stats:?}");
     // The slow peer lost messages, and what it got is in order.

@@ -172,11 +172,17 @@ async fn call_spread<C: Connector>(
     let connection = pool.shared_by(&authority, Spread::TwoChoices, None).await?;
     let mut call = Call::new(request);
     call.timeout = timeout;
-    let answer = connection.addr().send(call).await;
-    Ok(answer.map_err(CallError::from).and_then(|inner| inner)?)
+    Ok(answered(connection.addr().send(call).await)?)
 }
 
-fn confirmed(answer: Result<Bytes, BrokerError>) -> Result<Confirmed, Unconfirmed> {
+/// A call's answer, with a message that never reached the connection's handler
+/// (its mailbox closed) as the call error it amounts to.
+fn answered<T>(answer: Result<Result<T, CallError>, actix::MailboxError>) -> Result<T, CallError> {
+    answer?
+}
+
+/// Reads the server's answer to a publish: the message's sequence number in its topic.
+fn confirmation(answer: Result<Bytes, BrokerError>) -> Result<Confirmed, Unconfirmed> {
     let seq = answer.map_err(|error| Unconfirmed { error })?;
     let seq = <[u8; 8]>::try_from(&seq[..]).map_err(|_| Unconfirmed {
         error: BrokerError::BadAnswer("publish confirmation is not an 8-byte number"),
@@ -215,7 +221,7 @@ impl<C: Connector> Handler<Publish> for Broker<C> {
                 let request = FrameRequest::publish(publish.topic, publish.payload);
                 let answer = call_spread(self.pool.clone(), self.authority.clone(), request, None);
                 Box::pin(answer.into_actor(self).map(|answer, this, _| {
-                    let outcome = confirmed(answer);
+                    let outcome = confirmation(answer);
                     match &outcome {
                         Ok(_) => this.stats.confirmed += 1,
                         Err(_) => this.stats.unconfirmed += 1,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::messages::{BrokerError, Confirmed, ProducerId, Unconfirmed};
-use super::Broker;
+use super::{answered, confirmation, Broker};
 use crate::protocol::frame::{FrameProtocol, FrameRequest};
 use crate::transport::Connector;
 use crate::{Call, CallError, SharedConnection, Spread};
@@ -84,22 +84,6 @@ impl<C: Connector> Producer<C> {
     pub(super) fn is_on(&self, id: crate::ConnectionId) -> bool {
         matches!(&self.state, State::Pinned(connection) if connection.id() == id)
     }
-}
-
-/// Interprets the server's answer to a publish.
-fn confirmation(answer: Result<Result<Bytes, CallError>, actix::MailboxError>) -> Outcome {
-    let error = match answer.map_err(CallError::from).and_then(|inner| inner) {
-        Ok(seq) => match <[u8; 8]>::try_from(&seq[..]) {
-            Ok(seq) => {
-                return Ok(Confirmed {
-                    seq: u64::from_be_bytes(seq),
-                })
-            }
-            Err(_) => BrokerError::BadAnswer("publish confirmation is not an 8-byte number"),
-        },
-        Err(error) => BrokerError::Call(error),
-    };
-    Err(Unconfirmed { error })
 }
 
 impl<C: Connector> Broker<C> {
@@ -199,7 +183,7 @@ impl<C: Connector> Broker<C> {
                 Err(actix::MailboxError::Closed) => Err(Unconfirmed {
                     error: BrokerError::Call(CallError::Closing),
                 }),
-                answer => confirmation(answer),
+                answer => confirmation(answered(answer).map_err(BrokerError::Call)),
             };
             let Some(producer) = this.producers.get_mut(&id) else {
                 return;

@@ -21,10 +21,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::messages::{BrokerError, Delivery, SubscriptionId};
-use super::Broker;
+use super::{answered, Broker};
 use crate::protocol::frame::{FrameProtocol, FramePush, FrameRequest};
 use crate::transport::Connector;
-use crate::{Call, CallError, ConnectionId, SharedConnection, Spread};
+use crate::{Call, ConnectionId, SharedConnection, Spread};
 
 type Waiter = (
     SubscriptionId,
@@ -136,9 +136,7 @@ impl<C: Connector> Broker<C> {
                     let request = FrameRequest::subscribe(name.clone(), topic.last_seq);
                     let answer = connection.addr().send(Call::new(request));
                     let joined = answer.into_actor(this).map(move |answer, this, ctx| {
-                        let answer = answer
-                            .map_err(CallError::from)
-                            .and_then(|inner| inner)
+                        let answer = answered(answer)
                             .map_err(BrokerError::Call)
                             .and_then(|bytes| read_answer(&bytes));
                         this.joined(name, connection, answer, ctx);

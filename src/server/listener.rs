@@ -330,6 +330,7 @@ impl<A: Accept> Handler<Disconnect> for Listener<A> {
     fn handle(&mut self, Disconnect(id): Disconnect, _: &mut Context<Self>) -> bool {
         match self.open.get(&id) {
             Some(connection) => {
+                // `do_send`: a connection whose mailbox is closed has stopped already.
                 connection.do_send(Abort);
                 true
             }
