@@ -7,6 +7,10 @@
 //!   or pushes recipient.
 //! - [`MockPeer`]: the other end of a connection, driven step by step by the test:
 //!   expect a frame, reply, push, ping, send raw bytes, go silent, close.
+//! - [`FaultProxy`]: a TCP proxy on 127.0.0.1 between a client and a real server,
+//!   steered by messages: latency, blackhole (a half-open link), bandwidth limit,
+//!   writes sliced into small pieces, close after N bytes, reset, and connects
+//!   refused or left hanging.
 //!
 //! Every wait takes a timeout and panics with a message that says what did not
 //! happen, which is what a failing test should do. Timers run on tokio's clock, so
@@ -40,6 +44,11 @@
 
 mod mock_peer;
 mod probe;
+mod proxy;
 
 pub use mock_peer::MockPeer;
 pub use probe::{Probe, ProbeActor};
+pub use proxy::{
+    AcceptMode, Direction, Fault, FaultProxy, GetProxyStats, Heal, Inject, ProxyHandle, ProxyStats,
+    Reset, SetAccept, SetUpstream, StopProxy,
+};
