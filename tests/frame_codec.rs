@@ -334,6 +334,32 @@ fn oversized_length_prefix_is_refused_before_any_allocation() {
 }
 
 #[test]
+fn a_stalled_header_costs_one_reserve_step_not_the_claimed_length() {
+    // The largest frame the default codec accepts, announced and then not sent.
+    let mut codec = FrameCodec::default();
+    let mut buffer = raw_header(
+        DEFAULT_MAX_FRAME_LENGTH as u32,
+        FrameKind::Request as u8,
+        0,
+        1,
+    );
+    assert!(matches!(codec.decode(&mut buffer), Ok(None)));
+    assert!(
+        buffer.capacity() <= 128 * 1024,
+        "buffer reserved {} bytes for a frame that has not arrived",
+        buffer.capacity()
+    );
+}
+
+#[test]
+fn a_limit_past_the_length_prefix_is_capped() {
+    assert_eq!(
+        FrameCodec::new(usize::MAX).max_frame_length(),
+        u32::MAX as usize - 4
+    );
+}
+
+#[test]
 fn oversized_length_prefix_is_refused_at_eof_too() {
     let mut codec = FrameCodec::new(1024);
     let mut buffer = BytesMut::new();
@@ -458,14 +484,14 @@ fn reserved_flag_bits_are_refused_as_soon_as_the_flags_byte_arrives() {
 }
 
 #[test]
-fn topic_length_running_past_the_frame_end_is_topic_overrun() {
+fn topic_length_running_past_the_frame_end_is_an_error() {
     let mut codec = FrameCodec::default();
 
     // The topic flag is set, but the frame ends before the topic length field.
     let mut no_room = raw_header(FIXED_HEADER as u32, FrameKind::Push as u8, FLAG_TOPIC, 1);
     assert!(matches!(
         codec.decode(&mut no_room),
-        Err(FrameError::TopicOverrun { length, .. }) if length == FIXED_HEADER
+        Err(FrameError::TopicLengthMissing { length }) if length == FIXED_HEADER
     ));
 
     // Half of the topic length field.
@@ -478,7 +504,7 @@ fn topic_length_running_past_the_frame_end_is_topic_overrun() {
     half.put_u8(0);
     assert!(matches!(
         codec.decode(&mut half),
-        Err(FrameError::TopicOverrun { length, .. }) if length == FIXED_HEADER + 1
+        Err(FrameError::TopicLengthMissing { length }) if length == FIXED_HEADER + 1
     ));
 
     // A topic length of 5 with 3 bytes left in the frame.

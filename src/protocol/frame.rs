@@ -15,8 +15,9 @@
 //! [`FrameKind`]'s values.
 //!
 //! The decoder checks `length` against [`FrameCodec::max_frame_length`] before it
-//! reserves a single byte for the frame, so a peer cannot make it allocate what a
-//! corrupt or hostile length prefix claims. Every malformed frame is a
+//! reserves a single byte for the frame, and then reserves room for the rest at most
+//! 64 KiB at a time as it arrives, so a peer cannot make it allocate what a corrupt
+//! or hostile length prefix claims. Every malformed frame is a
 //! [`FrameError`]; none panics.
 
 use std::fmt;
@@ -36,6 +37,8 @@ const FIXED_HEADER: usize = 1 + 1 + 8;
 const TOPIC_LENGTH: usize = 2;
 /// `flags` bit: a topic follows the id.
 const FLAG_TOPIC: u8 = 0b0000_0001;
+/// The most the decoder reserves at once for the rest of a frame.
+const RESERVE_STEP: usize = 64 * 1024;
 
 /// Default for [`FrameCodec::max_frame_length`]: 8 MiB.
 pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
@@ -195,6 +198,12 @@ pub enum FrameError {
     /// A reserved flag bit is set.
     #[error("reserved frame flags set: {0:#010b}")]
     ReservedFlags(u8),
+    /// The topic flag is set but the frame ends before the topic's length field.
+    #[error("topic flag set but the {length}-byte frame has no room for the topic length")]
+    TopicLengthMissing {
+        /// The frame's length.
+        length: usize,
+    },
     /// The topic length runs past the end of the frame.
     #[error("topic of {topic_len} bytes does not fit in a {length}-byte frame")]
     TopicOverrun {
@@ -232,8 +241,14 @@ impl Default for FrameCodec {
 impl FrameCodec {
     /// A codec that refuses frames longer than `max_frame_length` bytes (length prefix
     /// excluded), in both directions.
+    ///
+    /// The length prefix has 32 bits, so a larger limit means `u32::MAX` less the
+    /// prefix.
     pub fn new(max_frame_length: usize) -> Self {
-        Self { max_frame_length }
+        let largest = u32::MAX as usize - LENGTH_PREFIX;
+        Self {
+            max_frame_length: max_frame_length.min(largest),
+        }
     }
 
     /// The largest frame, in bytes after the length prefix, this codec accepts.
@@ -272,7 +287,9 @@ impl Decoder for FrameCodec {
         }
         let total = LENGTH_PREFIX + length;
         if src.len() < total {
-            src.reserve(total - src.len());
+            // Room for what is missing, a step at a time: a peer that sends a header
+            // and stalls costs at most one step, not the length it claims.
+            src.reserve((total - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
 
@@ -283,10 +300,7 @@ impl Decoder for FrameCodec {
         let id = body.get_u64();
         let topic = if flags & FLAG_TOPIC != 0 {
             if body.len() < TOPIC_LENGTH {
-                return Err(FrameError::TopicOverrun {
-                    topic_len: TOPIC_LENGTH,
-                    length,
-                });
+                return Err(FrameError::TopicLengthMissing { length });
             }
             let topic_len = body.get_u16() as usize;
             if body.len() < topic_len {
