@@ -435,7 +435,7 @@ fn length_below_the_fixed_header_is_too_short() {
 
 #[test]
 fn unknown_kind_is_refused_as_soon_as_the_kind_byte_arrives() {
-    for kind in [0u8, 10, 255] {
+    for kind in [0u8, 11, 255] {
         // Only the length prefix and the kind byte of a frame that claims 1000 bytes.
         let mut codec = FrameCodec::default();
         let mut buffer = BytesMut::new();

@@ -58,7 +58,7 @@ const FLAG_TOPIC: u8 = 0b0000_0001;
 /// inside it; any prefix honoured beyond the limit would not.
 const CAPACITY_BOUND: usize = 64 * 1024;
 
-const ALL_KINDS: [FrameKind; 9] = [
+const ALL_KINDS: [FrameKind; 10] = [
     FrameKind::Request,
     FrameKind::Response,
     FrameKind::Error,
@@ -66,6 +66,7 @@ const ALL_KINDS: [FrameKind; 9] = [
     FrameKind::Ping,
     FrameKind::Pong,
     FrameKind::Publish,
+    FrameKind::PublishOrdered,
     FrameKind::Subscribe,
     FrameKind::Unsubscribe,
 ];
@@ -344,7 +345,7 @@ fn hostile_piece(max: usize) -> impl Strategy<Value = Vec<u8>> {
     ];
     let forged = (
         length,
-        prop_oneof![1u8..=9, any::<u8>()],
+        prop_oneof![1u8..=10, any::<u8>()],
         prop_oneof![Just(0u8), Just(FLAG_TOPIC), any::<u8>()],
         any::<u64>(),
         prop::option::of(prop_oneof![0u16..=16, any::<u16>()]),

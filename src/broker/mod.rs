@@ -69,6 +69,13 @@ pub struct Broker<C: Connector> {
     authority: Authority,
     config: BrokerConfig,
     producers: FxHashMap<ProducerId, Producer<C>>,
+    /// This broker's number in the server's producer fences: random, so that two
+    /// clients' producers with the same id are fenced apart.
+    instance: u64,
+    /// The next fence number of an ordered message, over all producers: it only
+    /// grows, so a producer forgotten while idle and published for again still goes
+    /// up.
+    next_fence: u64,
     topics: FxHashMap<Bytes, Topic<C>>,
     subscriptions: FxHashMap<SubscriptionId, Bytes>,
     next_subscription: u64,
@@ -129,6 +136,8 @@ impl<C: Connector> BrokerBuilder<C> {
                 authority,
                 config,
                 producers: FxHashMap::default(),
+                instance: fastrand::u64(..),
+                next_fence: 1,
                 topics: FxHashMap::default(),
                 subscriptions: FxHashMap::default(),
                 next_subscription: 0,

@@ -52,6 +52,10 @@ enum State<C: Connector> {
 pub(super) struct Queued {
     /// Publish order within the producer.
     order: u64,
+    /// The server's fence number for it (see [`FrameKind::PublishOrdered`]).
+    ///
+    /// [`FrameKind::PublishOrdered`]: crate::protocol::frame::FrameKind::PublishOrdered
+    fence: u64,
     topic: Bytes,
     payload: Bytes,
     reply: oneshot::Sender<Outcome>,
@@ -122,8 +126,11 @@ impl<C: Connector> Broker<C> {
         }
         let order = producer.next;
         producer.next += 1;
+        let fence = self.next_fence;
+        self.next_fence += 1;
         let message = Queued {
             order,
+            fence,
             topic,
             payload,
             reply,
@@ -162,11 +169,15 @@ impl<C: Connector> Broker<C> {
     ) {
         let Queued {
             order,
+            fence,
             topic,
             payload,
             reply,
         } = message;
-        let request = FrameRequest::publish(topic.clone(), payload.clone());
+        // Fenced: should this message reach the server late, after one the producer
+        // sent later on another connection, the server refuses it.
+        let request =
+            FrameRequest::publish_ordered(topic.clone(), self.instance, id.0, fence, &payload);
         // A fresh sender per message is never parked by the mailbox's capacity, so the
         // message is queued now, behind the producer's earlier ones: this is what
         // keeps the order. The bound is `max_unconfirmed`, checked above.
@@ -201,6 +212,7 @@ impl<C: Connector> Broker<C> {
                         at,
                         Queued {
                             order,
+                            fence,
                             topic,
                             payload,
                             reply,

@@ -4,7 +4,8 @@
 //! # Messages
 //! - From each [`Connection`](crate::Connection) (its request recipient):
 //!   [`Incoming`] frames: `Request` (dispatched by its topic, the *route*, to a
-//!   handler), `Publish`, `Subscribe` and `Unsubscribe`. Each is answered with a
+//!   handler), `Publish`, `PublishOrdered` (fenced per producer, see
+//!   [`FrameKind::PublishOrdered`]), `Subscribe` and `Unsubscribe`. Each is answered with a
 //!   `Response` or an `Error` frame of the same id.
 //! - From the [`Listener`](super::Listener): `Register` when it starts a connection,
 //!   and the connection's [`ConnectionEvent::Closed`], after which every subscription
@@ -41,11 +42,13 @@ use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
     WrapFuture,
 };
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::fences::Fences;
+
 use crate::connection::{Evict, QueueTicket};
-use crate::protocol::frame::{Frame, FrameKind, FrameProtocol};
+use crate::protocol::frame::{Frame, FrameKind, FrameProtocol, PUBLISH_FENCE_LENGTH};
 use crate::protocol::RemoteError;
 use crate::{CloseReason, ConfigError, ConnectionEvent, ConnectionId, Deliver, Incoming, Overflow};
 
@@ -121,6 +124,9 @@ pub struct ServerStats {
     /// Requests answered with an error (no handler, handler failed or gone, too many
     /// in flight, bad frame).
     pub request_errors: u64,
+    /// Ordered publishes refused because a later message of the same producer was
+    /// published first (it arrived late, on a connection the client had given up).
+    pub fenced: u64,
 }
 
 /// The limits and policies of a [`ServerBroker`].
@@ -133,6 +139,7 @@ pub struct ServerConfig {
     pub(crate) max_topics: usize,
     pub(crate) max_requests_per_connection: usize,
     pub(crate) handler_timeout: Duration,
+    pub(crate) producer_fences: usize,
     pub(crate) mailbox: usize,
 }
 
@@ -145,6 +152,7 @@ impl Default for ServerConfig {
             max_topics: 65_536,
             max_requests_per_connection: 1024,
             handler_timeout: Duration::from_secs(30),
+            producer_fences: 65_536,
             mailbox: 16_384,
         }
     }
@@ -198,6 +206,16 @@ impl ServerConfig {
         self
     }
 
+    /// Ordered producers whose last fence number the broker remembers (see
+    /// [`FrameKind::PublishOrdered`]); a producer idle while twice half this many
+    /// others publish is forgotten, long after its late messages could arrive.
+    /// Defaults to 65,536.
+    #[must_use]
+    pub fn producer_fences(mut self, producers: usize) -> Self {
+        self.producer_fences = producers;
+        self
+    }
+
     /// The broker's mailbox capacity: requests from connections past it are refused
     /// by the connection itself, with an error frame. Defaults to 16,384.
     #[must_use]
@@ -215,6 +233,7 @@ impl ServerConfig {
                 "max_requests_per_connection",
                 self.max_requests_per_connection,
             ),
+            ("producer_fences", self.producer_fences),
             ("mailbox", self.mailbox),
         ] {
             if value == 0 {
@@ -271,6 +290,7 @@ pub struct ServerBroker {
     topics: FxHashMap<Bytes, Topic>,
     routes: FxHashMap<Bytes, Recipient<ServerRequest>>,
     fallback: Option<Recipient<ServerRequest>>,
+    fences: Fences,
     stats: ServerStats,
 }
 
@@ -293,8 +313,10 @@ enum Sent {
 impl ServerBroker {
     /// A broker with `config` (checked), not yet started.
     pub fn new(config: ServerConfig) -> Result<Self, ConfigError> {
+        let config = config.validate()?;
         Ok(Self {
-            config: config.validate()?,
+            fences: Fences::new(config.producer_fences),
+            config,
             peers: FxHashMap::default(),
             topics: FxHashMap::default(),
             routes: FxHashMap::default(),
@@ -409,6 +431,21 @@ impl ServerBroker {
             ),
             None => self.refuse(connection, frame.id, "too many topics"),
         }
+    }
+
+    /// An ordered publish: published only if its fence number is above its
+    /// producer's last.
+    fn on_publish_ordered(&mut self, connection: ConnectionId, mut frame: Frame) {
+        if frame.payload.len() < PUBLISH_FENCE_LENGTH {
+            return self.refuse(connection, frame.id, "ordered publish without its fence");
+        }
+        let mut fence = frame.payload.split_to(PUBLISH_FENCE_LENGTH);
+        let producer = (fence.get_u64(), fence.get_u64());
+        if !self.fences.pass(producer, fence.get_u64()) {
+            self.stats.fenced += 1;
+            return self.refuse(connection, frame.id, "stale: a later message was published");
+        }
+        self.on_publish(connection, frame);
     }
 
     fn on_subscribe(&mut self, connection: ConnectionId, frame: Frame) {
@@ -605,6 +642,7 @@ impl Handler<Incoming<FrameProtocol>> for ServerBroker {
         match frame.kind {
             FrameKind::Request => self.on_request(connection, frame, ctx),
             FrameKind::Publish => self.on_publish(connection, frame),
+            FrameKind::PublishOrdered => self.on_publish_ordered(connection, frame),
             FrameKind::Subscribe => self.on_subscribe(connection, frame),
             FrameKind::Unsubscribe => self.on_unsubscribe(connection, frame),
             // The connection hands over only frames that expect an answer.

@@ -16,6 +16,7 @@
 //! [`Connection`]: crate::Connection
 
 mod broker;
+mod fences;
 mod listener;
 
 pub use broker::{
