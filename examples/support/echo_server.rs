@@ -335,6 +335,7 @@ async fn serve(stream: &mut TcpStream) -> Result<(), FrameError> {
                 | FrameKind::Error
                 | FrameKind::Pong
                 | FrameKind::Publish
+                | FrameKind::PublishOrdered
                 | FrameKind::Subscribe
                 | FrameKind::Unsubscribe => continue,
             };

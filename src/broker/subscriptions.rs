@@ -10,11 +10,17 @@
 //!                            once confirmed the old one is unsubscribed
 //! ```
 //! Every message carries its sequence number in the topic, and a copy at or below
-//! the last number seen is a duplicate and dropped: while a subscription moves, both
-//! connections deliver. When it comes back after a close, the server replays what it
-//! still has after that number, so a short outage loses nothing. A server that
-//! numbers the topic from scratch again (it restarted) says so in its answer, and
-//! the numbering here restarts with it.
+//! the last number seen is a duplicate and dropped: while a subscription moves, the
+//! old connection delivers until the new one is confirmed. When it comes back after
+//! a close, the server replays what it still has after that number, so a short
+//! outage loses nothing.
+//!
+//! Numbers belong to one life of the server. The subscribe names the server
+//! incarnation the last number came from, and the answer names the server's own: a
+//! restarted server replays everything it has retained (its numbering started
+//! again at 1), and the numbering here restarts with it. What the joining connection
+//! delivers before the answer (the replay comes first) is held until the answer says
+//! which life it belongs to.
 
 use actix::{ActorFutureExt, AsyncContext, Context, Recipient, WrapFuture};
 use bytes::Bytes;
@@ -25,6 +31,10 @@ use super::{answered, Broker};
 use crate::protocol::frame::{FrameProtocol, FramePush, FrameRequest};
 use crate::transport::Connector;
 use crate::{Call, ConnectionId, SharedConnection, Spread};
+
+/// Pushes held per topic while its subscribe is answered (the replay, and what is
+/// published meanwhile); past it, the rest are lost and counted as missed.
+const HELD_PUSHES: usize = 16_384;
 
 type Waiter = (
     SubscriptionId,
@@ -44,6 +54,10 @@ pub(super) struct Topic<C: Connector> {
     /// Whether a subscribe is under way (a connection being picked, or the call).
     subscribing: bool,
     last_seq: u64,
+    /// The server incarnation `last_seq` belongs to (0 before the first answer).
+    incarnation: u64,
+    /// What the joining connection delivered before its answer.
+    held: Vec<FramePush>,
     /// Failed attempts in a row, for the backoff.
     failures: u32,
 }
@@ -57,6 +71,8 @@ impl<C: Connector> Default for Topic<C> {
             joining: None,
             subscribing: false,
             last_seq: 0,
+            incarnation: 0,
+            held: Vec::new(),
             failures: 0,
         }
     }
@@ -78,16 +94,22 @@ struct Joined {
     missed: u64,
     /// The topic's last sequence number.
     head: u64,
+    /// The server's incarnation (0 from a server that does not say).
+    incarnation: u64,
 }
 
 fn read_answer(answer: &Bytes) -> Result<Joined, BrokerError> {
-    let bad = BrokerError::BadAnswer("subscribe answer is not two 8-byte numbers");
-    let numbers = <[u8; 16]>::try_from(&answer[..]).map_err(|_| bad)?;
-    let (missed, head) = numbers.split_at(8);
-    Ok(Joined {
-        missed: u64::from_be_bytes(missed.try_into().expect("8 bytes")),
-        head: u64::from_be_bytes(head.try_into().expect("8 bytes")),
-    })
+    let number = |at: usize| u64::from_be_bytes(answer[at..at + 8].try_into().expect("8 bytes"));
+    match answer.len() {
+        16 | 24 => Ok(Joined {
+            missed: number(0),
+            head: number(8),
+            incarnation: if answer.len() == 24 { number(16) } else { 0 },
+        }),
+        _ => Err(BrokerError::BadAnswer(
+            "subscribe answer is not two or three 8-byte numbers",
+        )),
+    }
 }
 
 impl<C: Connector> Broker<C> {
@@ -133,7 +155,9 @@ impl<C: Connector> Broker<C> {
             match picked {
                 Ok(connection) => {
                     topic.joining = Some(connection.id());
-                    let request = FrameRequest::subscribe(name.clone(), topic.last_seq);
+                    topic.held.clear();
+                    let request =
+                        FrameRequest::subscribe(name.clone(), topic.last_seq, topic.incarnation);
                     let answer = connection.addr().send(Call::new(request));
                     let joined = answer.into_actor(this).map(move |answer, this, ctx| {
                         let answer = answered(answer)
@@ -166,16 +190,28 @@ impl<C: Connector> Broker<C> {
         };
         topic.subscribing = false;
         topic.joining = None;
-        let Joined { missed, head } = match answer {
+        let held = std::mem::take(&mut topic.held);
+        let Joined {
+            missed,
+            head,
+            incarnation,
+        } = match answer {
             Ok(joined) => joined,
             Err(error) => return self.join_failed(name, error, ctx),
         };
-        if head < topic.last_seq {
-            // The server numbers this topic from scratch (it restarted): what it sends
-            // now is new, not a repeat.
+        let restarted = if incarnation == 0 {
+            // A server that does not name its life: a head behind us tells.
+            head < topic.last_seq
+        } else {
+            topic.incarnation != 0 && incarnation != topic.incarnation
+        };
+        if restarted {
+            // The server numbers this topic from scratch: what it sends now (its
+            // replay included) is new, not a repeat.
             tracing::info!(topic = ?name, head, last_seq = topic.last_seq, "topic numbering restarted");
-            topic.last_seq = head;
+            topic.last_seq = 0;
         }
+        topic.incarnation = incarnation;
         if missed > 0 {
             tracing::warn!(topic = ?name, missed, "messages lost while resubscribing");
             self.stats.missed += missed;
@@ -193,7 +229,12 @@ impl<C: Connector> Broker<C> {
             // it closes soon, and the server drops its subscriptions then.
             let _ = old
                 .addr()
-                .try_send(Call::new(FrameRequest::unsubscribe(name)));
+                .try_send(Call::new(FrameRequest::unsubscribe(name.clone())));
+        }
+        if let Some(source) = now_on {
+            for push in held {
+                self.deliver(source, push);
+            }
         }
     }
 
@@ -203,6 +244,7 @@ impl<C: Connector> Broker<C> {
         };
         topic.subscribing = false;
         topic.joining = None;
+        topic.held.clear();
         for (id, _, reply) in topic.waiting.drain(..) {
             self.subscriptions.remove(&id);
             let _ = reply.send(Err(error.clone()));
@@ -260,14 +302,24 @@ impl<C: Connector> Broker<C> {
         let Some(topic) = self.topics.get_mut(&name) else {
             return;
         };
-        let from_source = topic.source_id() == Some(connection);
-        let from_joining = topic.joining == Some(connection);
-        if !from_source && !from_joining {
+        if topic.joining == Some(connection) && topic.source_id() != Some(connection) {
+            // Which life of the server numbered it is known with the answer.
+            if topic.held.len() < HELD_PUSHES {
+                topic.held.push(FramePush {
+                    seq: push.seq,
+                    topic: Some(name),
+                    payload: push.payload,
+                });
+            } else {
+                self.stats.missed += 1;
+            }
             return;
         }
-        // While a subscription moves, two connections deliver and a message may come
-        // twice (and a replayed one after the answer that ends the move): the
-        // sequence number tells.
+        if topic.source_id() != Some(connection) {
+            return;
+        }
+        // After a move, a message may come twice (a replayed one after the answer
+        // that ends the move, say): the sequence number tells.
         if push.seq <= topic.last_seq {
             self.stats.duplicates += 1;
             return;

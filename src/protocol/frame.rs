@@ -63,8 +63,8 @@ pub enum FrameKind {
     /// answer confirms that the server took it.
     Publish = 7,
     /// Subscribes the connection to its topic; the payload may carry the last sequence
-    /// number the client saw (8 bytes, big-endian), to catch up from. Answered like a
-    /// request.
+    /// number the client saw (8 bytes, big-endian), to catch up from, and the server
+    /// incarnation that numbered it (8 more). Answered like a request.
     Subscribe = 8,
     /// Ends the connection's subscription to its topic. Answered like a request.
     Unsubscribe = 9,
@@ -455,12 +455,17 @@ impl FrameRequest {
 
     /// A [`FrameKind::Subscribe`] to `topic`, catching up on what was published
     /// after sequence number `after` if the server still has it (0 for only what
-    /// comes next).
-    pub fn subscribe(topic: impl Into<Bytes>, after: u64) -> Self {
-        let payload = if after == 0 {
+    /// comes next). `incarnation` is the server's incarnation that `after` was
+    /// numbered by, as its last subscribe answer said (0 if unknown): a server that
+    /// has restarted since numbers the topic afresh, and then replays all it has.
+    pub fn subscribe(topic: impl Into<Bytes>, after: u64, incarnation: u64) -> Self {
+        let payload = if after == 0 && incarnation == 0 {
             Bytes::new()
         } else {
-            Bytes::copy_from_slice(&after.to_be_bytes())
+            let mut numbers = BytesMut::with_capacity(16);
+            numbers.put_u64(after);
+            numbers.put_u64(incarnation);
+            numbers.freeze()
         };
         Self {
             topic: Some(topic.into()),

@@ -18,10 +18,11 @@
 //! carried in the id of the push frame each subscriber receives and in the publish's
 //! confirmation. Each topic keeps its last `replay_window` messages: a client that
 //! lost its connection subscribes again with the last number it saw and first gets
-//! what it missed, in order, then what comes next. The subscribe's answer is two
-//! big-endian `u64`s: how many messages were too old to replay, and the topic's
-//! last sequence number (so a client can tell that a restarted server numbers the
-//! topic from scratch).
+//! what it missed, in order, then what comes next. The subscribe's answer is three
+//! big-endian `u64`s: how many messages were too old to replay, the topic's last
+//! sequence number, and the broker's incarnation (random per start). A client
+//! subscribing again sends the incarnation its numbers came from: a restarted
+//! server, which numbers every topic from 1 again, then replays all it retained.
 //!
 //! # Slow subscribers
 //! Each connection has a bounded queue of frames on their way to it
@@ -291,6 +292,9 @@ pub struct ServerBroker {
     routes: FxHashMap<Bytes, Recipient<ServerRequest>>,
     fallback: Option<Recipient<ServerRequest>>,
     fences: Fences,
+    /// This broker's life: random, so a client can tell a restarted server (which
+    /// numbers every topic from 1 again) from the one it knew.
+    incarnation: u64,
     stats: ServerStats,
 }
 
@@ -316,6 +320,7 @@ impl ServerBroker {
         let config = config.validate()?;
         Ok(Self {
             fences: Fences::new(config.producer_fences),
+            incarnation: fastrand::u64(1..),
             config,
             peers: FxHashMap::default(),
             topics: FxHashMap::default(),
@@ -452,37 +457,58 @@ impl ServerBroker {
         let Some(name) = frame.topic else {
             return self.refuse(connection, frame.id, "subscribe without a topic");
         };
-        let after = match frame.payload.len() {
-            0 => 0,
-            8 => u64::from_be_bytes(frame.payload[..].try_into().expect("8 bytes")),
+        let payload = &frame.payload[..];
+        let number =
+            |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().expect("8 bytes"));
+        let (after, incarnation) = match payload.len() {
+            0 => (0, 0),
+            8 => (number(0), self.incarnation),
+            16 => (number(0), number(8)),
             _ => return self.refuse(connection, frame.id, "subscribe: bad sequence number"),
         };
+        // Numbers from another life of this server (it restarted since the client
+        // saw them) say nothing here: catch up on everything retained.
+        let after = if incarnation == self.incarnation {
+            after
+        } else if after > 0 {
+            0
+        } else {
+            // A first subscribe: only what comes next.
+            return self.join_topic(connection, frame.id, name, None);
+        };
+        self.join_topic(connection, frame.id, name, Some(after));
+    }
+
+    /// Subscribes `connection` to `name`, replays what it missed since `after` (if
+    /// given; `Some(0)` is everything retained), and answers request `id`.
+    fn join_topic(&mut self, connection: ConnectionId, id: u64, name: Bytes, after: Option<u64>) {
         if !self.peers.contains_key(&connection) {
             return;
         }
         let Some(topic) = self.topic(&name) else {
-            return self.refuse(connection, frame.id, "too many topics");
+            return self.refuse(connection, id, "too many topics");
         };
         if !topic.subscribers.contains(&connection) {
             topic.subscribers.push(connection);
         }
-        // Catch up from `after`, if it is a number this topic has given out; one from
-        // before a restart of this server (ahead of `head`) gets only what comes next.
-        let (replay, missed) = if after == 0 || after >= topic.head {
-            (Vec::new(), 0)
-        } else {
-            let oldest = topic
-                .retained
-                .front()
-                .map_or(topic.head + 1, |(seq, _)| *seq);
-            let missed = oldest.saturating_sub(after + 1);
-            let replay: Vec<(u64, Bytes)> = topic
-                .retained
-                .iter()
-                .filter(|(seq, _)| *seq > after)
-                .cloned()
-                .collect();
-            (replay, missed)
+        // Catch up from `after`, if it is a number this topic has given out (one
+        // ahead of `head` gets only what comes next).
+        let (replay, missed) = match after {
+            Some(after) if after < topic.head => {
+                let oldest = topic
+                    .retained
+                    .front()
+                    .map_or(topic.head + 1, |(seq, _)| *seq);
+                let missed = oldest.saturating_sub(after + 1);
+                let replay: Vec<(u64, Bytes)> = topic
+                    .retained
+                    .iter()
+                    .filter(|(seq, _)| *seq > after)
+                    .cloned()
+                    .collect();
+                (replay, missed)
+            }
+            _ => (Vec::new(), 0),
         };
         if let Some(peer) = self.peers.get_mut(&connection) {
             peer.topics.insert(name.clone());
@@ -502,10 +528,11 @@ impl ServerBroker {
             }
         }
         let head = self.topics.get(&name).map_or(0, |topic| topic.head);
-        let mut answer = Vec::with_capacity(16);
+        let mut answer = Vec::with_capacity(24);
         answer.extend_from_slice(&missed.to_be_bytes());
         answer.extend_from_slice(&head.to_be_bytes());
-        self.answer(connection, Frame::response(frame.id, answer));
+        answer.extend_from_slice(&self.incarnation.to_be_bytes());
+        self.answer(connection, Frame::response(id, answer));
     }
 
     fn on_unsubscribe(&mut self, connection: ConnectionId, frame: Frame) {

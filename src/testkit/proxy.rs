@@ -252,8 +252,7 @@ impl Shared {
 }
 
 /// A fault-injecting TCP proxy on 127.0.0.1: put it between a client and a server and
-/// break the link between them on demand. See the [module docs](self) for what each
-/// fault does.
+/// break the link between them on demand. [`Fault`] says what each fault does.
 ///
 /// ```no_run
 /// use std::time::Duration;
