@@ -7,6 +7,9 @@
 //!   or pushes recipient.
 //! - [`MockPeer`]: the other end of a connection, driven step by step by the test:
 //!   expect a frame, reply, push, ping, send raw bytes, go silent, close.
+//! - `testkit::sim` (feature `sim`): pools, brokers and servers inside a deterministic
+//!   [`turmoil`](https://docs.rs/turmoil) simulation, with partitions, held links and
+//!   host crashes, repeatable from a seed.
 //! - [`FaultProxy`]: a TCP proxy on 127.0.0.1 between a client and a real server,
 //!   steered by messages: latency, blackhole (a half-open link), bandwidth limit,
 //!   writes sliced into small pieces, close after N bytes, reset, and connects
@@ -45,6 +48,8 @@
 mod mock_peer;
 mod probe;
 mod proxy;
+#[cfg(feature = "sim")]
+pub mod sim;
 
 pub use mock_peer::MockPeer;
 pub use probe::{Probe, ProbeActor};
