@@ -592,10 +592,11 @@ async fn run(options: Options) -> Result<bool, Box<dyn std::error::Error>> {
     if let Some(server) = &server {
         let server_stats = server.broker.send(GetServerStats).await?;
         println!(
-            "  server: published {}, delivered {}, replayed {}, slow disconnects {}",
+            "  server: published {}, delivered {}, replayed {}, late ordered publishes refused {}, slow disconnects {}",
             server_stats.published,
             server_stats.delivered,
             server_stats.replayed,
+            server_stats.fenced,
             server_stats.slow_disconnects
         );
     }
