@@ -246,3 +246,16 @@ async fn stop_closes_links_and_port() {
     let refused = TcpStream::connect(proxy.local_addr()).await.unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
 }
+
+#[actix::test]
+async fn connects_hang_when_blackholed_straight_from_forwarding() {
+    let (server, _) = echo_server().await;
+    let proxy = FaultProxy::start(server).unwrap();
+    proxy.set_accept(AcceptMode::Blackhole).await;
+    let hung = tokio::time::timeout(
+        Duration::from_millis(300),
+        TcpStream::connect(proxy.local_addr()),
+    )
+    .await;
+    assert!(hung.is_err(), "a blackholed connect finished: {hung:?}");
+}

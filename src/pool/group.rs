@@ -26,7 +26,7 @@ use super::{Pool, PoolConfig};
 use crate::connection::InFlightGauge;
 use crate::protocol::Protocol;
 use crate::transport::Connector;
-use crate::{Authority, ConnectError, Connection, ConnectionId, Ping, PoolError};
+use crate::{Abort, Authority, ConnectError, Connection, ConnectionId, Ping, PoolError};
 
 /// Where a member is. Changed only with its group's lock held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,7 +337,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         grow_threshold: usize,
         spread: Spread,
         now: Instant,
-    ) -> Option<(usize, Arc<Member<C, P>>)> {
+    ) -> Option<(usize, Arc<Member<C, P>>, Instant)> {
         let mut at = 0;
         while at < self.idle.len() {
             if self.idle[at].member.is_usable() {
@@ -395,8 +395,14 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
             (None, None) => return None,
         };
         let idle = &mut self.idle[at];
+        // Last picked, or last passed a periodic check: for the test on checkout.
+        let last_known_good = idle.since.max(idle.checked);
         idle.since = now;
-        Some((idle.member.gauge.get(), idle.member.clone()))
+        Some((
+            idle.member.gauge.get(),
+            idle.member.clone(),
+            last_known_good,
+        ))
     }
 
     /// Of two shared idle members picked at random, the less loaded (its load and
@@ -490,7 +496,8 @@ enum Attempt<C: Connector, P: Protocol> {
 
 /// What a shared checkout got on its first look.
 enum Shared<C: Connector, P: Protocol> {
-    Now(SharedConnection<C, P>),
+    /// A connection at once, and when it was last known good.
+    Now(SharedConnection<C, P>, Instant),
     Queued(
         u64,
         oneshot::Receiver<Result<SharedConnection<C, P>, PoolError>>,
@@ -575,7 +582,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                     }
                     // Testing counts against the checkout's timeout like waiting does.
                     let deadline = crate::connection::later(*started.get_or_insert(now), timeout);
-                    if self.passes_test(&lease, deadline).await {
+                    if self.passes_test(lease.addr(), deadline).await {
                         return Ok(lease);
                     }
                     // Its connection failed the ping; try the next one, in time.
@@ -632,10 +639,14 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         Ok(Attempt::Queued(id, rx, since))
     }
 
-    /// Whether a connection fresh from the idle stack may be handed out: one idle
-    /// for longer than `test_on_checkout_after` must answer a ping first.
-    async fn passes_test(&self, lease: &Lease<C, P>, deadline: Instant) -> bool {
-        let ping = lease.addr().send(Ping);
+    /// Whether a connection not used for longer than `test_on_checkout_after` may be
+    /// handed out: it answers a ping in time.
+    async fn passes_test(
+        &self,
+        connection: &Addr<Connection<C::Io, P>>,
+        deadline: Instant,
+    ) -> bool {
+        let ping = connection.send(Ping);
         let bound = deadline.min(crate::connection::later(
             Instant::now(),
             self.config.health_check_timeout,
@@ -694,19 +705,41 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         }
     }
 
-    /// A handle to the least loaded idle connection, shared with other users.
+    /// A handle to the least loaded idle connection, shared with other users. One
+    /// unused for longer than `test_on_checkout_after` must answer a ping first; one
+    /// that does not is aborted (the pool replaces it) and the next is tried.
     pub(crate) async fn shared(
         self: &Arc<Self>,
         timeout: Option<Duration>,
         spread: Spread,
     ) -> Result<SharedConnection<C, P>, PoolError> {
         let timeout = timeout.unwrap_or(self.config.checkout_timeout);
-        let (id, receiver, started) = match self.share_or_queue(spread) {
-            Ok(Shared::Now(shared)) => return Ok(shared),
-            Ok(Shared::Queued(id, receiver, started)) => (id, receiver, started),
-            Err(error) => return Err(refused(error).await),
-        };
-        self.wait(id, receiver, started, timeout).await
+        let started = Instant::now();
+        let deadline = crate::connection::later(started, timeout);
+        loop {
+            let (id, receiver, queued) = match self.share_or_queue(spread) {
+                Ok(Shared::Now(shared, last_known_good)) => {
+                    let stale = self.config.test_on_checkout_after.is_some_and(|after| {
+                        Instant::now().saturating_duration_since(last_known_good) >= after
+                    });
+                    if !stale || self.passes_test(shared.addr(), deadline).await {
+                        return Ok(shared);
+                    }
+                    // Others may share it too: abort it, and its `Closed` takes it
+                    // out of the pool for everyone. `do_send`: past a full mailbox;
+                    // if the connection has stopped already, nothing is lost.
+                    shared.addr().do_send(Abort);
+                    if Instant::now() >= deadline {
+                        return Err(self.lock().timed_out(&self.authority, started.elapsed()));
+                    }
+                    continue;
+                }
+                Ok(Shared::Queued(id, receiver, queued)) => (id, receiver, queued),
+                Err(error) => return Err(refused(error).await),
+            };
+            let left = deadline.saturating_duration_since(queued);
+            return self.wait(id, receiver, queued, left).await;
+        }
     }
 
     fn share_or_queue(self: &Arc<Self>, spread: Spread) -> Result<Shared<C, P>, PoolError> {
@@ -715,7 +748,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             state.counters.refused += 1;
             return Err(error);
         }
-        if let Some((load, member)) =
+        if let Some((load, member, last_known_good)) =
             state.least_loaded(self.config.grow_threshold, spread, Instant::now())
         {
             state.counters.shared += 1;
@@ -723,10 +756,10 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 state.grow_wanted = true;
                 self.signal_demand(&mut state);
             }
-            return Ok(Shared::Now(SharedConnection::new(
-                member,
-                self.authority.clone(),
-            )));
+            return Ok(Shared::Now(
+                SharedConnection::new(member, self.authority.clone()),
+                last_known_good,
+            ));
         }
         if state.waiters.len() >= self.config.max_waiters {
             state.counters.refused += 1;

@@ -36,6 +36,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture};
@@ -272,6 +273,9 @@ pub struct FaultProxy {
     shared: Rc<Shared>,
     local: SocketAddr,
     mode: AcceptMode,
+    /// The listening socket while forwarding: the actor drops it the moment it stops
+    /// forwarding, so that the port is free for what comes next.
+    listening: Rc<RefCell<Option<TcpListener>>>,
     /// The accept loop, while forwarding.
     accepting: Option<SpawnHandle>,
     /// While blackholing connects: a listener that never accepts, and the connection
@@ -313,6 +317,7 @@ impl FaultProxy {
                 shared,
                 local,
                 mode: AcceptMode::Forward,
+                listening: Rc::default(),
                 accepting: None,
                 held: None,
             };
@@ -323,15 +328,25 @@ impl FaultProxy {
     }
 
     fn accept_on(&mut self, listener: TcpListener, ctx: &mut Context<Self>) {
+        *self.listening.borrow_mut() = Some(listener);
+        let listening = Rc::clone(&self.listening);
         let shared = Rc::clone(&self.shared);
         let accept = async move {
             loop {
-                match listener.accept().await {
-                    Ok((client, _)) => {
+                // The socket is borrowed only while polled: the actor can take it
+                // away between polls, and the loop ends.
+                let accepted = future::poll_fn(|cx| match listening.borrow().as_ref() {
+                    Some(listener) => listener.poll_accept(cx).map(Some),
+                    None => Poll::Ready(None),
+                })
+                .await;
+                match accepted {
+                    None => return,
+                    Some(Ok((client, _))) => {
                         shared.count(|stats| stats.accepted += 1);
                         actix::spawn(run_link(client, Rc::clone(&shared)));
                     }
-                    Err(error) => {
+                    Some(Err(error)) => {
                         // Out of descriptors, say: back off rather than spin.
                         tracing::warn!(%error, "fault proxy: accept failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -346,7 +361,8 @@ impl FaultProxy {
         if mode == self.mode {
             return Ok(());
         }
-        // Whatever listened before lets go of the port first.
+        // Whatever listened before lets go of the port first, now.
+        self.listening.borrow_mut().take();
         if let Some(handle) = self.accepting.take() {
             ctx.cancel_future(handle);
         }

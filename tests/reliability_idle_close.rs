@@ -1,0 +1,226 @@
+//! Reliability scenario 2: the server closes connections while they sit idle in the
+//! pool.
+//!
+//! What it proves, over real loopback TCP: the next checkout gets a healthy
+//! connection, and the call on it succeeds: no error reaches the user, whether the
+//! pool already heard of the close (the server's FIN was read) or the close happened
+//! just before the checkout (a test on checkout then catches the dead connection and
+//! the checkout moves on to a fresh one). The dead connections are replaced and the
+//! pool is back to its size.
+//!
+//! How the fault is made: the server disconnects its idle peers itself (the
+//! `Listener`'s `Disconnect`, a clean close from the server side), or a
+//! `FaultProxy` between pool and server resets every open link (a TCP RST on both
+//! sides, as a middlebox dropping idle flows would).
+//!
+//! ```text
+//! cargo test --all-features --test reliability_idle_close
+//! ```
+#![cfg(feature = "testkit")]
+
+mod broker_support;
+mod reliability_support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use broker_support::{eventually, within, Server, WAIT};
+use futures::future::join_all;
+use reliability_support::*;
+use switchboard::protocol::frame::FrameRequest;
+use switchboard::server::{Disconnect, GetListenerStats};
+use switchboard::testkit::FaultProxy;
+use switchboard::{Authority, CloseReason, ConnectionId};
+
+/// Connections in the pool (`min_idle` = `max_size`).
+const SIZE: usize = 2;
+
+/// With a test on checkout, a connection idle longer than this is pinged before it is
+/// handed out.
+const TEST_AFTER: Duration = Duration::from_millis(20);
+
+/// Disconnects every connection the server holds, from the server's side; with
+/// `wait`, waits until the server has closed them all.
+async fn server_disconnects_everyone(server: &Server, wait: bool) {
+    for id in server.connections().await {
+        let known = within(WAIT, "disconnect", server.listener.send(Disconnect(id)))
+            .await
+            .expect("listener alive");
+        assert!(known, "the listener did not know {id}");
+    }
+    if !wait {
+        return;
+    }
+    let listener = server.listener.clone();
+    eventually(WAIT, "the server closed its connections", || {
+        let listener = listener.clone();
+        async move {
+            let stats = listener.send(GetListenerStats).await.ok()?;
+            (stats.open == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Checks out every connection of the pool at once, calls through each, and checks
+/// that none of them is one of `dead`. Returns the ids it got.
+async fn every_checkout_is_healthy(
+    pool: &TcpPool,
+    authority: &Authority,
+    dead: &BTreeSet<ConnectionId>,
+) -> BTreeSet<ConnectionId> {
+    let checkouts = (0..SIZE).map(|_| pool.checkout(authority));
+    let leases = within(WAIT, "checkouts", join_all(checkouts)).await;
+    let mut got = BTreeSet::new();
+    for (n, lease) in leases.into_iter().enumerate() {
+        let lease = lease.unwrap_or_else(|error| panic!("checkout {n} after the close: {error}"));
+        echo(&lease, &format!("after the close {n}")).await;
+        assert!(
+            !dead.contains(&lease.id()),
+            "checkout {n} got closed {}",
+            lease.id()
+        );
+        got.insert(lease.id());
+    }
+    got
+}
+
+#[actix::test]
+async fn connections_the_server_closed_while_idle_are_replaced_and_the_next_checkout_works() {
+    let (server, _) = start_echo_server(None).await;
+    let authority = server.authority();
+    let mut events = Events::new();
+    let config = pool_config().min_idle(SIZE).max_size(SIZE);
+    let pool = start_pool(&authority, config, connection_config(), &events);
+    let old = wait_full(&pool, &authority, SIZE, WAIT).await;
+    server.wait_open(SIZE).await;
+
+    server_disconnects_everyone(&server, true).await;
+    // The pool reads the server's close and counts the connections out.
+    let closed = events.wait_closed(&old, WAIT).await;
+    for (id, (reason, _)) in &closed {
+        assert!(
+            matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_)),
+            "{id} closed with {reason:?}"
+        );
+    }
+
+    // No test on checkout here: the pool knows, so no checkout meets a dead one.
+    let new = every_checkout_is_healthy(&pool, &authority, &old).await;
+    let full = wait_full(&pool, &authority, SIZE, WAIT).await;
+    assert_eq!(full, new);
+    let status = authority_status(&pool, &authority).await;
+    assert_eq!(status.checkouts.failed + status.checkouts.timed_out, 0);
+    server.wait_open(SIZE).await;
+    close_and_check_events(&pool, &mut events).await;
+}
+
+#[actix::test]
+async fn a_checkout_just_after_the_server_closed_idle_connections_gets_a_healthy_one() {
+    let (server, _) = start_echo_server(None).await;
+    let authority = server.authority();
+    let mut events = Events::new();
+    let config = pool_config()
+        .min_idle(SIZE)
+        .max_size(SIZE)
+        .test_on_checkout_after(Some(TEST_AFTER));
+    let pool = start_pool(&authority, config, connection_config(), &events);
+    let old = wait_full(&pool, &authority, SIZE, WAIT).await;
+    server.wait_open(SIZE).await;
+    tokio::time::sleep(TEST_AFTER * 2).await;
+
+    // The server closes them and the checkouts come at once, before the pool could
+    // read the close.
+    server_disconnects_everyone(&server, false).await;
+    let new = every_checkout_is_healthy(&pool, &authority, &old).await;
+    assert!(new.is_disjoint(&old));
+
+    let full = wait_full(&pool, &authority, SIZE, WAIT).await;
+    assert!(full.is_disjoint(&old), "{full:?}");
+    events.wait_closed(&old, WAIT).await;
+    let status = authority_status(&pool, &authority).await;
+    assert_eq!(status.checkouts.failed + status.checkouts.timed_out, 0);
+    server.wait_open(SIZE).await;
+    close_and_check_events(&pool, &mut events).await;
+}
+
+#[actix::test]
+async fn a_checkout_just_after_idle_links_were_reset_gets_a_healthy_one() {
+    let (server, _) = start_echo_server(None).await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into()).unwrap();
+    let authority = proxy.authority();
+    let mut events = Events::new();
+    let config = pool_config()
+        .min_idle(SIZE)
+        .max_size(SIZE)
+        .test_on_checkout_after(Some(TEST_AFTER));
+    let pool = start_pool(&authority, config, connection_config(), &events);
+    let old = wait_full(&pool, &authority, SIZE, WAIT).await;
+    server.wait_open(SIZE).await;
+    tokio::time::sleep(TEST_AFTER * 2).await;
+
+    // Every link reset while idle; the checkouts come at once.
+    assert_eq!(proxy.reset().await, SIZE, "links reset");
+    let new = every_checkout_is_healthy(&pool, &authority, &old).await;
+    assert!(new.is_disjoint(&old));
+
+    let full = wait_full(&pool, &authority, SIZE, WAIT).await;
+    assert!(full.is_disjoint(&old), "{full:?}");
+    let closed = events.wait_closed(&old, WAIT).await;
+    for (id, (reason, _)) in &closed {
+        assert!(
+            matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_)),
+            "{id} closed with {reason:?}"
+        );
+    }
+    let status = authority_status(&pool, &authority).await;
+    assert_eq!(status.checkouts.failed + status.checkouts.timed_out, 0);
+    server.wait_open(SIZE).await;
+    close_and_check_events(&pool, &mut events).await;
+}
+
+/// The same for a shared (multiplexed) checkout: the pool promises that connections
+/// idle past `test_on_checkout_after` are pinged before they are handed out.
+///
+/// Fails today: `CheckoutShared` / `PoolHandle::shared` never tests on checkout
+/// (`Group::share_or_queue` hands out the least loaded idle connection as it is), so
+/// it hands out a connection whose link was reset and the user's first call fails
+/// with `Closed(Io(ConnectionReset))`.
+#[actix::test]
+async fn a_shared_checkout_just_after_idle_links_were_reset_gets_a_healthy_one() {
+    let (server, _) = start_echo_server(None).await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into()).unwrap();
+    let authority = proxy.authority();
+    let mut events = Events::new();
+    let config = pool_config()
+        .min_idle(SIZE)
+        .max_size(SIZE)
+        .test_on_checkout_after(Some(TEST_AFTER));
+    let pool = start_pool(&authority, config, connection_config(), &events);
+    let old = wait_full(&pool, &authority, SIZE, WAIT).await;
+    server.wait_open(SIZE).await;
+    tokio::time::sleep(TEST_AFTER * 2).await;
+
+    assert_eq!(proxy.reset().await, SIZE, "links reset");
+    let shared = within(WAIT, "shared checkout", pool.shared(&authority))
+        .await
+        .unwrap();
+    let reply = within(
+        WAIT,
+        "call",
+        shared.call(FrameRequest::new(payload("shared"))),
+    )
+    .await
+    .unwrap_or_else(|error| {
+        panic!(
+            "the shared checkout got {} (reset: {}), and its call failed: {error:?}",
+            shared.id(),
+            old.contains(&shared.id())
+        )
+    });
+    assert_eq!(&reply[..], b"shared");
+
+    wait_full(&pool, &authority, SIZE, WAIT).await;
+    events.wait_closed(&old, WAIT).await;
+    close_and_check_events(&pool, &mut events).await;
+}
