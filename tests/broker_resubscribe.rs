@@ -159,3 +159,51 @@ async fn subscription_moves_off_a_draining_connection_without_loss() {
     );
     assert_eq!(stats.missed, 0, "{stats:?}");
 }
+
+/// A subscription that saw no message yet and moves to another connection does not
+/// get the topic's history from before it subscribed: the first answer's head is
+/// where it catches up from.
+#[actix::test]
+async fn a_quiet_subscription_that_moves_gets_no_history_from_before_it() {
+    let server = start_server(ServerConfig::default()).await;
+    let publisher = start_client(server.port, pool_config(1, 1));
+    for n in 0..5 {
+        let publish = Publish::ordered(ProducerId(1), TOPIC, tagged(1, n));
+        publisher.addr().send(publish).await.unwrap().unwrap();
+    }
+    let before = server.wait_open(1).await;
+    let client = start_client(server.port, pool_config(1, 1));
+    let (collector, collected) = Collector::start_new();
+    within(
+        WAIT,
+        "subscribe",
+        client.subscribe(TOPIC, collector.recipient()),
+    )
+    .await
+    .unwrap();
+    let all = server.wait_open(2).await;
+    for id in all.iter().filter(|id| !before.contains(id)) {
+        assert!(server.listener.send(Disconnect(*id)).await.unwrap());
+    }
+    eventually(WAIT, "the subscription back", || {
+        let client = client.clone();
+        async move { (client.stats().await.ok()?.resubscribes >= 1).then_some(()) }
+    })
+    .await;
+    let publish = Publish::ordered(ProducerId(1), TOPIC, tagged(1, 5));
+    publisher.addr().send(publish).await.unwrap().unwrap();
+    let got: Vec<u64> = collected
+        .wait_for(1, WAIT)
+        .await
+        .iter()
+        .map(|delivery| delivery.seq)
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(got, vec![6]);
+    assert_eq!(
+        collected.len(),
+        1,
+        "history delivered: {:?}",
+        collected.snapshot()
+    );
+}

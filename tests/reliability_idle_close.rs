@@ -29,7 +29,7 @@ use futures::future::join_all;
 use reliability_support::*;
 use switchboard::protocol::frame::FrameRequest;
 use switchboard::server::{Disconnect, GetListenerStats};
-use switchboard::testkit::FaultProxy;
+use switchboard::testkit::{Direction, Fault, FaultProxy};
 use switchboard::{Authority, CloseReason, ConnectionId};
 
 /// Connections in the pool (`min_idle` = `max_size`).
@@ -223,4 +223,30 @@ async fn a_shared_checkout_just_after_idle_links_were_reset_gets_a_healthy_one()
     wait_full(&pool, &authority, SIZE, WAIT).await;
     events.wait_closed(&old, WAIT).await;
     close_and_check_events(&pool, &mut events).await;
+}
+
+/// A shared checkout whose stale connection fails its ping does not get that
+/// connection on its retry: it is out of the running before it is aborted.
+#[actix::test]
+async fn a_shared_checkout_never_gets_the_connection_that_failed_its_ping() {
+    let (server, _) = start_echo_server(None).await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into()).unwrap();
+    let authority = proxy.authority();
+    let events = Events::new();
+    let config = pool_config()
+        .min_idle(1)
+        .max_size(1)
+        .health_check_timeout(Duration::from_millis(100))
+        .test_on_checkout_after(Some(Duration::from_millis(300)));
+    let pool = start_pool(&authority, config, connection_config(), &events);
+    let old = wait_full(&pool, &authority, 1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.inject(Direction::Downstream, Fault::Blackhole).await;
+    if let Ok(shared) = within(WAIT, "a shared checkout", pool.shared(&authority)).await {
+        assert!(
+            !old.contains(&shared.id()),
+            "handed out {} after it failed its ping",
+            shared.id()
+        );
+    }
 }

@@ -236,6 +236,11 @@ impl<C: Connector> Broker<C> {
                 self.deliver(source, push);
             }
         }
+        // Everything up to `head` was published before the subscription or replayed
+        // just now: a later subscribe catches up from there, not from before it.
+        if let Some(topic) = self.topics.get_mut(&name) {
+            topic.last_seq = topic.last_seq.max(head);
+        }
     }
 
     fn join_failed(&mut self, name: Bytes, error: BrokerError, ctx: &mut Context<Self>) {

@@ -114,6 +114,9 @@ pub(crate) struct Idle<C: Connector, P: Protocol> {
     pub(crate) checked: Instant,
 }
 
+/// A member picked for shared use: its load, itself, and when it was last known good.
+type Pick<C, P> = (usize, Arc<Member<C, P>>, Instant);
+
 /// A checkout waiting for a connection.
 enum Waiter<C: Connector, P: Protocol> {
     Exclusive {
@@ -337,7 +340,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         grow_threshold: usize,
         spread: Spread,
         now: Instant,
-    ) -> Option<(usize, Arc<Member<C, P>>, Instant)> {
+    ) -> Option<Pick<C, P>> {
         let mut at = 0;
         while at < self.idle.len() {
             if self.idle[at].member.is_usable() {
@@ -451,6 +454,15 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     pub(crate) fn make_busy(&mut self, member: &Member<C, P>) {
         member.set_place(Place::Busy);
         self.busy += 1;
+    }
+
+    /// Takes connection `id` off the idle list (it failed a test), counted as busy
+    /// until its close counts it out.
+    fn take_out_of_idle(&mut self, id: ConnectionId) {
+        if let Some(at) = self.idle.iter().position(|idle| idle.member.id == id) {
+            let failed = self.idle.remove(at);
+            self.make_busy(&failed.member);
+        }
     }
 
     /// Notes that the actor is closing a member, once.
@@ -725,9 +737,11 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                     if !stale || self.passes_test(shared.addr(), deadline).await {
                         return Ok(shared);
                     }
-                    // Others may share it too: abort it, and its `Closed` takes it
-                    // out of the pool for everyone. `do_send`: past a full mailbox;
-                    // if the connection has stopped already, nothing is lost.
+                    // Out of the running at once, so that no retry picks it again;
+                    // then aborted, and its `Closed` counts it out of the pool.
+                    // `do_send`: past a full mailbox; if the connection has stopped
+                    // already, nothing is lost.
+                    self.lock().take_out_of_idle(shared.id());
                     shared.addr().do_send(Abort);
                     if Instant::now() >= deadline {
                         return Err(self.lock().timed_out(&self.authority, started.elapsed()));

@@ -15,6 +15,10 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         } else {
             (Phase::Closed, PoolError::Closed)
         };
+        let timeout = timeout.unwrap_or(self.config.shutdown_timeout);
+        // Every shutdown ends by its own timeout at the latest, also one that joins
+        // a shutdown already under way with a longer one.
+        self.arm_shutdown_timeout(timeout, ctx);
         if self.phase == Phase::Closed || (self.phase == Phase::Draining && graceful) {
             return;
         }
@@ -43,7 +47,11 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 }
             }
         }
-        let timeout = timeout.unwrap_or(self.config.shutdown_timeout);
+    }
+
+    /// When `timeout` has passed, aborts what is still open and ends the shutdown
+    /// under way, if there still is one.
+    fn arm_shutdown_timeout(&mut self, timeout: Duration, ctx: &mut Context<Self>) {
         ctx.run_later(timeout, |pool, ctx| {
             if pool.shutdown.is_some() {
                 tracing::debug!(parent: &pool.span, "shutdown timed out; aborting the rest");

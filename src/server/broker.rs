@@ -460,23 +460,20 @@ impl ServerBroker {
         let payload = &frame.payload[..];
         let number =
             |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().expect("8 bytes"));
-        let (after, incarnation) = match payload.len() {
-            0 => (0, 0),
-            8 => (number(0), self.incarnation),
-            16 => (number(0), number(8)),
-            _ => return self.refuse(connection, frame.id, "subscribe: bad sequence number"),
-        };
         // Numbers from another life of this server (it restarted since the client
         // saw them) say nothing here: catch up on everything retained.
-        let after = if incarnation == self.incarnation {
-            after
-        } else if after > 0 {
-            0
-        } else {
+        let after = match payload.len() {
             // A first subscribe: only what comes next.
-            return self.join_topic(connection, frame.id, name, None);
+            0 => None,
+            8 => Some(number(0)),
+            16 => {
+                let (after, incarnation) = (number(0), number(8));
+                let same_life = incarnation == 0 || incarnation == self.incarnation;
+                Some(if same_life { after } else { 0 })
+            }
+            _ => return self.refuse(connection, frame.id, "subscribe: bad sequence number"),
         };
-        self.join_topic(connection, frame.id, name, Some(after));
+        self.join_topic(connection, frame.id, name, after);
     }
 
     /// Subscribes `connection` to `name`, replays what it missed since `after` (if

@@ -93,7 +93,8 @@ pub enum Fault {
     /// throughput is not limited by it.
     Latency(Duration),
     /// Bytes are read and dropped: nothing is delivered (chunks still queued
-    /// included) and nothing is closed. [`Heal`] ends it.
+    /// included) and nothing is closed (an end of stream or a reset is held until
+    /// the blackhole ends). [`Heal`] ends it.
     Blackhole,
     /// At most this many bytes per second (at least 1).
     Bandwidth(u64),
@@ -516,7 +517,11 @@ where
         let (mut epoch, mut passed) = (0, 0u64);
         loop {
             let item = match reader.read(&mut buffer).await {
-                Ok(0) => Item::Eof,
+                Ok(0) => {
+                    // A blackhole lets no end of stream through either.
+                    while_blackholed(&mut read_faults).await;
+                    Item::Eof
+                }
                 Ok(read) => {
                     let now = *read_faults.borrow_and_update();
                     if now.blackhole {
@@ -545,7 +550,10 @@ where
                         continue;
                     }
                 }
-                Err(_) => Item::End(End::Reset),
+                Err(_) => {
+                    while_blackholed(&mut read_faults).await;
+                    Item::End(End::Reset)
+                }
             };
             let _ = queue.send(item).await;
             return;
@@ -596,6 +604,15 @@ where
         Either::Left(((), write)) => write.await,
         // The writer failed or was told to end the link; the reader stops with it.
         Either::Right((end, _)) => end,
+    }
+}
+
+/// Waits while the direction is blackholed.
+async fn while_blackholed(faults: &mut watch::Receiver<Faults>) {
+    while faults.borrow_and_update().blackhole {
+        if faults.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,0 +1,467 @@
+//! Reliability scenario 11 (issue 5): an actor stops in the middle of requests.
+//!
+//! What a user of the Pool can rely on:
+//! - (a) a pooled Connection that stops with calls pending, whether it is aborted
+//!   (`Abort`), closed (`Close`, whose timeout runs out for the calls never
+//!   answered) or loses its arbiter, fails every pending call exactly once with a
+//!   `CallError::Closed` whose reason says why (`Aborted`, `CloseTimeout`,
+//!   `Stopped`); calls answered before the end get their replies; later calls fail at
+//!   once; the pool counts the connection out and serves again on a new one;
+//! - (b) a Pool started with `start_supervised` that stops (its `Close` or `Drain`
+//!   finishes, and the `Supervisor` restarts it) while checkouts wait and leases are
+//!   out: every waiter ends with a connection or a typed error (`Closed`,
+//!   `Draining`), none hangs; the calls on the leases end (answered, or
+//!   `Closed(Aborted)`); the old leases can be dropped after the restart without
+//!   harm; and the restarted pool opens `min_idle` new connections and serves.
+//!
+//! How the fault is made: `Abort` and `Close` sent to a leased connection; a pool
+//! that places its connections on a second Arbiter which the test stops (real time);
+//! a supervised pool told to `Close` or `Drain` (with a timeout) while waiters and
+//! leases are out. The far end is `tests/pool_support`'s in-memory echo server, whose
+//! `sleep:<ms>` requests are answered late.
+//!
+//! ```text
+//! cargo test --all-features --test reliability_actor_stops
+//! ```
+#![cfg(feature = "testkit")]
+
+mod pool_support;
+mod reliability_common;
+
+use std::time::Duration;
+
+use actix::Arbiter;
+use pool_support::*;
+use reliability_common::{closed_reason, eventually, REAL_WAIT};
+use switchboard::pool::{Checkout, Drain, ShutdownOutcome};
+use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
+use switchboard::{Abort, CallError, Close, CloseReason, PoolError};
+use tokio::task::JoinHandle;
+
+/// `count` calls on the lease's connection, each in its own task, each answered after
+/// `ms` milliseconds; resolves with each call's result.
+fn spawn_calls(
+    lease: &TestLease,
+    count: usize,
+    ms: u64,
+) -> Vec<JoinHandle<Result<bytes::Bytes, CallError>>> {
+    (0..count)
+        .map(|_| {
+            let addr = lease.addr().clone();
+            actix::spawn(async move {
+                let call = switchboard::Call::new(FrameRequest::new(format!("sleep:{ms}")));
+                addr.send(call).await?
+            })
+        })
+        .collect()
+}
+
+/// Awaits every call (bounded), returning the results: one per call, so each caller
+/// heard exactly once.
+async fn results(
+    calls: Vec<JoinHandle<Result<bytes::Bytes, CallError>>>,
+    bound: std::time::Duration,
+) -> Vec<Result<bytes::Bytes, CallError>> {
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(within(bound, "every caller hears", call).await.unwrap());
+    }
+    results
+}
+
+#[actix::test]
+async fn an_aborted_connection_fails_every_pending_call_once_and_the_pool_serves_on() {
+    tokio::time::pause();
+    let (server, _, pool) = start_pool(config().min_idle(1).max_size(2)).await;
+    let a = server.authority();
+    let lease = pool.checkout(&a).await.unwrap();
+    let id = lease.id();
+    let calls = spawn_calls(&lease, 10, 60_000);
+    settle().await;
+    assert_eq!(lease.in_flight(), 10);
+
+    let reason = within(WAIT, "abort", lease.send(Abort)).await.unwrap();
+    assert!(matches!(reason, CloseReason::Aborted), "{reason:?}");
+    for result in results(calls, WAIT).await {
+        let error = result.unwrap_err();
+        assert!(
+            matches!(closed_reason(&error), CloseReason::Aborted),
+            "{error:?}"
+        );
+    }
+    let late = lease.call(FrameRequest::new("after")).await.unwrap_err();
+    assert!(matches!(late, CallError::Closed(_)), "{late:?}");
+    drop(lease);
+
+    let replaced = until(&pool, WAIT, |s| s.idle == 1 && !ids(s).contains(&id)).await;
+    assert_eq!(replaced.counters.closed.get("aborted"), Some(&1));
+    checkout_and_echo(&pool, &a, "replacement").await;
+    finish_without_leaks(&pool, &server).await;
+}
+
+#[actix::test]
+async fn a_closed_connection_answers_what_comes_in_time_and_fails_the_rest_once() {
+    tokio::time::pause();
+    let (server, _, pool) = start_pool(config().min_idle(1).max_size(2)).await;
+    let a = server.authority();
+    let lease = pool.checkout(&a).await.unwrap();
+    let id = lease.id();
+    let answered = spawn_calls(&lease, 5, 200);
+    let unanswered = spawn_calls(&lease, 5, 60_000);
+    settle().await;
+    assert_eq!(lease.in_flight(), 10);
+
+    let close_timeout = Duration::from_secs(1);
+    let closing = lease.send(Close {
+        timeout: Some(close_timeout),
+    });
+    settle().await;
+    // Closing: no new calls.
+    let refused = lease.call(FrameRequest::new("during")).await.unwrap_err();
+    assert!(matches!(refused, CallError::Closing), "{refused:?}");
+
+    for result in results(answered, WAIT).await {
+        assert_eq!(&result.unwrap()[..], b"sleep:200");
+    }
+    for result in results(unanswered, WAIT).await {
+        let error = result.unwrap_err();
+        assert!(
+            matches!(closed_reason(&error), CloseReason::CloseTimeout { after } if *after == close_timeout),
+            "{error:?}"
+        );
+    }
+    let reason = within(WAIT, "close", closing).await.unwrap();
+    assert!(
+        matches!(reason, CloseReason::CloseTimeout { .. }),
+        "{reason:?}"
+    );
+    drop(lease);
+
+    let replaced = until(&pool, WAIT, |s| s.idle == 1 && !ids(s).contains(&id)).await;
+    assert_eq!(replaced.counters.closed.get("close_timeout"), Some(&1));
+    checkout_and_echo(&pool, &a, "replacement").await;
+    finish_without_leaks(&pool, &server).await;
+}
+
+/// Real time: the connections run on other arbiters, which a paused clock here would
+/// not govern.
+#[actix::test]
+async fn connections_whose_arbiter_stops_fail_every_pending_call_and_the_pool_serves_on() {
+    let bed = TestBed::new();
+    let server = bed.server.clone();
+    let a = server.authority();
+    let (doomed, spare) = (Arbiter::new(), Arbiter::new());
+    let config = config()
+        .min_idle(2)
+        .max_size(2)
+        .maintenance_interval(Duration::from_millis(50))
+        .checkout_timeout(REAL_WAIT);
+    // Connections go to the two arbiters in turn: the first to `doomed`.
+    let pool = within(
+        REAL_WAIT,
+        "eager build",
+        bed.pool(config)
+            .arbiters(vec![doomed.handle(), spare.handle()])
+            .build(),
+    )
+    .await
+    .unwrap();
+    let first = pool.checkout(&a).await.unwrap();
+    let second = pool.checkout(&a).await.unwrap();
+    let calls: Vec<_> = [&first, &second]
+        .into_iter()
+        .map(|lease| spawn_calls(lease, 5, 60_000))
+        .collect();
+    eventually(REAL_WAIT, "calls in flight", || async {
+        (first.in_flight() == 5 && second.in_flight() == 5).then_some(())
+    })
+    .await;
+
+    doomed.stop();
+    doomed.join().unwrap();
+    // One of the two connections lived on `doomed`: its callers all fail, once each,
+    // with `Stopped`; the other's callers are still waiting for their replies.
+    let mut stopped = 0;
+    let mut survivors = Vec::new();
+    for (calls, lease) in calls.into_iter().zip([&first, &second]) {
+        let alive = stats_alive(lease).await;
+        if alive {
+            survivors.push(lease.id());
+            for call in calls {
+                call.abort();
+            }
+            continue;
+        }
+        for result in results(calls, REAL_WAIT).await {
+            let error = result.unwrap_err();
+            assert!(
+                matches!(closed_reason(&error), CloseReason::Stopped),
+                "{error:?}"
+            );
+            stopped += 1;
+        }
+    }
+    assert_eq!((stopped, survivors.len()), (5, 1));
+    let dead: Vec<_> = [first.id(), second.id()]
+        .into_iter()
+        .filter(|id| !survivors.contains(id))
+        .collect();
+    drop((first, second));
+
+    // The pool counts the dead connection out and serves on the live arbiter; a
+    // replacement placed on the stopped arbiter never starts, and is counted out too.
+    let lease = eventually(REAL_WAIT, "a checkout that works", || async {
+        let lease = pool
+            .checkout_within(&a, Duration::from_millis(200))
+            .await
+            .ok()?;
+        if dead.contains(&lease.id()) {
+            return None;
+        }
+        let reply = tokio::time::timeout(
+            Duration::from_millis(500),
+            lease.call(FrameRequest::new("alive")),
+        )
+        .await;
+        matches!(reply, Ok(Ok(_))).then_some(lease)
+    })
+    .await;
+    echo(&lease, "served").await;
+    drop(lease);
+    within(REAL_WAIT, "close", pool.close()).await;
+    spare.stop();
+}
+
+/// Whether the lease's connection still answers.
+async fn stats_alive(lease: &TestLease) -> bool {
+    matches!(
+        tokio::time::timeout(REAL_WAIT, lease.addr().send(switchboard::GetStats)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A supervised pool of two, both leased (one with a call in flight that would take a
+/// minute), with waiters through the handle and through the actor's message.
+struct Busy {
+    server: Server,
+    pool: TestPool,
+    leases: Vec<TestLease>,
+    in_flight: Vec<JoinHandle<Result<bytes::Bytes, CallError>>>,
+    waiters: Vec<JoinHandle<Result<TestLease, PoolError>>>,
+    by_message: Vec<JoinHandle<Result<Result<TestLease, PoolError>, actix::MailboxError>>>,
+}
+
+async fn busy_supervised_pool() -> Busy {
+    let bed = TestBed::new();
+    let server = bed.server.clone();
+    let a = server.authority();
+    let config = config()
+        .min_idle(2)
+        .max_size(2)
+        .checkout_timeout(Duration::from_secs(600))
+        .shutdown_timeout(Duration::from_secs(600));
+    let pool = bed.pool(config).start_supervised();
+    until(&pool, WAIT, |s| s.idle == 2).await;
+    let leases = vec![
+        pool.checkout(&a).await.unwrap(),
+        pool.checkout(&a).await.unwrap(),
+    ];
+    let in_flight = spawn_calls(&leases[0], 3, 60_000);
+    let waiters: Vec<_> = (0..4).map(|_| spawn_checkout(&pool, &a)).collect();
+    let by_message: Vec<_> = (0..2)
+        .map(|_| {
+            let request = pool
+                .addr()
+                .send(Checkout::<ScriptedConnector, FrameProtocol>::new(a.clone()));
+            actix::spawn(request)
+        })
+        .collect();
+    let queued = until(&pool, WAIT, |s| s.waiters == 6).await;
+    assert_consistent(only(&queued));
+    assert_eq!(leases[0].in_flight(), 3);
+    Busy {
+        server,
+        pool,
+        leases,
+        in_flight,
+        waiters,
+        by_message,
+    }
+}
+
+/// Checks every waiter ended with `expected` (none hangs, none got a connection of
+/// the pool that stopped).
+async fn assert_waiters_refused(busy: &mut Busy, expected: fn(&PoolError) -> bool) {
+    for waiter in busy.waiters.drain(..) {
+        let result = within(WAIT, "waiter ends", waiter).await.unwrap();
+        assert!(
+            matches!(&result, Err(error) if expected(error)),
+            "{:?}",
+            result.map(|lease| lease.id())
+        );
+    }
+    for waiter in busy.by_message.drain(..) {
+        let result = within(WAIT, "waiter ends", waiter).await.unwrap();
+        assert!(
+            matches!(&result, Ok(Err(error)) if expected(error)),
+            "{:?}",
+            result.map(|r| r.map(|lease| lease.id()))
+        );
+    }
+}
+
+/// After a restart: old leases dropped harmlessly, `min_idle` new connections, and
+/// checkouts (handle, message, shared) that work.
+async fn assert_serves_after_restart(busy: Busy) {
+    let Busy {
+        server,
+        pool,
+        leases,
+        ..
+    } = busy;
+    let a = server.authority();
+    let old: std::collections::BTreeSet<_> = leases.iter().map(|lease| lease.id()).collect();
+    drop(leases);
+    let back = until(&pool, WAIT, |s| {
+        s.idle == 2 && s.leased == 0 && s.busy == 0 && s.connecting == 0 && s.waiters == 0
+    })
+    .await;
+    assert_consistent(only(&back));
+    assert!(ids(only(&back)).is_disjoint(&old), "{back:#?}");
+    let lease = within(WAIT, "checkout after restart", pool.checkout(&a))
+        .await
+        .unwrap();
+    echo(&lease, "after restart").await;
+    let by_message = within(
+        WAIT,
+        "checkout by message after restart",
+        pool.addr()
+            .send(Checkout::<ScriptedConnector, FrameProtocol>::new(a.clone())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    echo(&by_message, "by message").await;
+    drop((lease, by_message));
+    // A supervised pool restarts after every close, so end without closing it.
+    let settled = assert_settled(&pool, &server).await;
+    assert_eq!(only(&settled).size, 2);
+}
+
+#[actix::test]
+async fn a_supervised_pool_closed_with_waiters_and_leases_out_answers_everyone_and_comes_back() {
+    tokio::time::pause();
+    let mut busy = busy_supervised_pool().await;
+    let outcome = within(WAIT, "close", busy.pool.close()).await;
+    assert_eq!(outcome, ShutdownOutcome::Clean);
+    assert_waiters_refused(&mut busy, |e| matches!(e, PoolError::Closed)).await;
+    for result in results(std::mem::take(&mut busy.in_flight), WAIT).await {
+        let error = result.unwrap_err();
+        assert!(
+            matches!(closed_reason(&error), CloseReason::Aborted),
+            "{error:?}"
+        );
+    }
+    let error = busy.leases[1]
+        .call(FrameRequest::new("old lease"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, CallError::Closed(_)), "{error:?}");
+    assert_serves_after_restart(busy).await;
+}
+
+#[actix::test]
+async fn a_supervised_pool_drained_with_waiters_and_leases_out_answers_everyone_and_comes_back() {
+    tokio::time::pause();
+    let mut busy = busy_supervised_pool().await;
+    let drain = {
+        let pool = busy.pool.clone();
+        actix::spawn(async move {
+            pool.addr()
+                .send(Drain {
+                    timeout: Some(Duration::from_secs(2)),
+                })
+                .await
+        })
+    };
+    assert_waiters_refused(&mut busy, |e| matches!(e, PoolError::Draining)).await;
+    // The idle-less pool waits for its leases; the one returned now closes, the other
+    // is still out with its calls when the drain's timeout aborts it.
+    echo(&busy.leases[1], "still mine while draining").await;
+    let returned = busy.leases.pop().unwrap();
+    drop(returned);
+    let outcome = within(WAIT, "drain", drain).await.unwrap().unwrap();
+    assert_eq!(outcome, ShutdownOutcome::TimedOut { aborted: 1 });
+    for result in results(std::mem::take(&mut busy.in_flight), WAIT).await {
+        let error = result.unwrap_err();
+        assert!(
+            matches!(closed_reason(&error), CloseReason::Aborted),
+            "{error:?}"
+        );
+    }
+    assert_serves_after_restart(busy).await;
+}
+
+#[actix::test]
+async fn checkouts_racing_a_supervised_pool_restart_each_end_with_a_lease_or_an_error() {
+    tokio::time::pause();
+    let bed = TestBed::new();
+    let server = bed.server.clone();
+    let a = server.authority();
+    let config = config()
+        .min_idle(1)
+        .max_size(2)
+        .checkout_timeout(Duration::from_secs(1));
+    let pool = bed.pool(config).start_supervised();
+    until(&pool, WAIT, |s| s.idle == 1).await;
+
+    // Borrowers check out, make a call that takes 10 ms and return, in a loop, while
+    // the pool drains and restarts, then closes and restarts, under them.
+    let borrowers: Vec<_> = (0..4)
+        .map(|n| {
+            let (pool, a) = (pool.clone(), a.clone());
+            actix::spawn(async move {
+                let (mut served, mut refused) = (0, 0);
+                for _ in 0..60 {
+                    match within(WAIT, "checkout ends", pool.checkout(&a)).await {
+                        Ok(lease) => {
+                            let call = lease.call(FrameRequest::new("sleep:10"));
+                            match within(WAIT, "call ends", call).await {
+                                Ok(reply) => assert_eq!(&reply[..], b"sleep:10"),
+                                Err(error) => assert!(
+                                    matches!(error, CallError::Closed(_)),
+                                    "borrower {n}: {error:?}"
+                                ),
+                            }
+                            served += 1;
+                        }
+                        Err(PoolError::Closed | PoolError::Draining) => refused += 1,
+                        Err(other) => panic!("borrower {n}: {other:?}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (served, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let drained = within(WAIT, "drain", pool.drain()).await;
+    assert_eq!(drained, ShutdownOutcome::Clean);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let closed = within(WAIT, "close", pool.close()).await;
+    assert_eq!(closed, ShutdownOutcome::Clean);
+    let (mut served, mut refused) = (0, 0);
+    for borrower in borrowers {
+        let (ok, no) = within(WAIT, "borrower ends", borrower).await.unwrap();
+        served += ok;
+        refused += no;
+    }
+    assert_eq!(served + refused, 4 * 60, "every checkout ended");
+    assert!(
+        served > 0 && refused > 0,
+        "served {served}, refused {refused}"
+    );
+    let settled = assert_settled(&pool, &server).await;
+    assert!(only(&settled).size >= 1);
+    checkout_and_echo(&pool, &a, "after the races").await;
+}
