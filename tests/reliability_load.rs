@@ -114,7 +114,7 @@ mod fd_limit {
                 limit.soft = raised.soft;
             }
         }
-        u64::from(limit.soft)
+        limit.soft
     }
 }
 
