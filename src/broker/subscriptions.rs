@@ -30,7 +30,7 @@ use super::messages::{BrokerError, Delivery, SubscriptionId};
 use super::{answered, Broker};
 use crate::protocol::frame::{FrameProtocol, FramePush, FrameRequest};
 use crate::transport::Connector;
-use crate::{Call, ConnectionId, SharedConnection, Spread};
+use crate::{Call, ConnectionId, PoolError, SharedConnection, Spread};
 
 /// Pushes held per topic while its subscribe is answered (the replay, and what is
 /// published meanwhile); past it, the rest are lost and counted as missed.
@@ -190,7 +190,14 @@ impl<C: Connector> Broker<C> {
         };
         topic.subscribing = false;
         topic.joining = None;
-        let held = std::mem::take(&mut topic.held);
+        let mut held = std::mem::take(&mut topic.held);
+        if answer.is_ok() && !connection.addr().connected() {
+            // The connection closed right behind its answer, and its `Closed` was
+            // handled before this: it can be no source. Subscribe again elsewhere
+            // (from the same number: what it delivered is dropped with it).
+            tracing::debug!(topic = ?name, connection = %connection.id(), "joined a closed connection; again");
+            return self.join(name, ctx);
+        }
         let Joined {
             missed,
             head,
@@ -232,6 +239,11 @@ impl<C: Connector> Broker<C> {
                 .try_send(Call::new(FrameRequest::unsubscribe(name.clone())));
         }
         if let Some(source) = now_on {
+            // In sequence: the connection may have carried new pushes of an earlier
+            // subscription before the replay, and the first new one must not make
+            // the replay look like duplicates.
+            held.sort_by_key(|push| push.seq);
+            held.dedup_by_key(|push| push.seq);
             for push in held {
                 self.deliver(source, push);
             }
@@ -261,6 +273,12 @@ impl<C: Connector> Broker<C> {
         if topic.source.is_some() {
             // A move failed; the old source still delivers until it closes, and its
             // close starts another attempt.
+            return;
+        }
+        if matches!(error, BrokerError::Pool(PoolError::Closed)) {
+            // The pool is gone for good: nothing to subscribe on, ever. Retrying
+            // would keep this broker alive after every handle to it is dropped.
+            tracing::debug!(topic = ?name, "pool closed; not subscribing again");
             return;
         }
         let (first, max) = self.config.resubscribe_backoff;
