@@ -4,11 +4,11 @@
 //!
 //! The server is a `ServerBroker` with an echo route behind a TCP `Listener` on
 //! 127.0.0.1; the client is a `Pool` with a `TcpConnector`, `min_idle = max_size =`
-//! the connection count (and `max_connections` above it: the global cap defaults to
-//! 1,024). Every connection is open before the first call. Then one caller per
-//! connection sends its numbered calls (the payload is the caller's id and the call's
-//! number): it checks out a `Lease`, pipelines a burst of calls on it, reads the
-//! answers in order, and gives the lease back, until it has sent its share.
+//! the connection count (and its global `max_connections` raised to it: the cap
+//! defaults to 1,024). Every connection is open before the first call. Then one
+//! caller per connection sends its numbered calls (the payload is the caller's id and
+//! the call's number): it checks out a `Lease`, pipelines a burst of calls on it,
+//! reads the answers in order, and gives the lease back, until it has sent its share.
 //!
 //! - Short (always on): 200 connections, 20,000 calls.
 //! - Full: `SWITCHBOARD_LOAD_FULL=1 cargo test --release --test reliability_load --
@@ -127,7 +127,6 @@ mod fd_limit {
 }
 
 /// The soft "Max open files" of `/proc/self/limits`.
-#[allow(dead_code)]
 fn soft_limit_from_proc() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
