@@ -94,7 +94,9 @@ pub enum Fault {
     Latency(Duration),
     /// Bytes are read and dropped: nothing is delivered (chunks still queued
     /// included) and nothing is closed (an end of stream or a reset is held until
-    /// the blackhole ends). [`Heal`] ends it.
+    /// the blackhole ends). [`Heal`] ends it; the bytes dropped meanwhile leave a
+    /// hole in the stream that real TCP never would, so reset links that lived
+    /// through a blackhole if the peers must not see it.
     Blackhole,
     /// At most this many bytes per second (at least 1).
     Bandwidth(u64),
