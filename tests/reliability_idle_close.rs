@@ -29,8 +29,8 @@ use futures::future::join_all;
 use reliability_support::*;
 use switchboard::protocol::frame::FrameRequest;
 use switchboard::server::{Disconnect, GetListenerStats};
-use switchboard::testkit::{Direction, Fault, FaultProxy};
-use switchboard::{Authority, CloseReason, ConnectionId};
+use switchboard::testkit::{Direction, Fault, FaultProxy, ProxyHandle};
+use switchboard::{Authority, CloseReason, ConnectionId, PoolConfigBuilder};
 
 /// Connections in the pool (`min_idle` = `max_size`).
 const SIZE: usize = 2;
@@ -144,20 +144,52 @@ async fn a_checkout_just_after_the_server_closed_idle_connections_gets_a_healthy
     close_and_check_events(&pool, &mut events).await;
 }
 
-#[actix::test]
-async fn a_checkout_just_after_idle_links_were_reset_gets_a_healthy_one() {
+/// A pool of `size` behind a [`FaultProxy`], full, then left unused for `idle_for`:
+/// its connections are stale for a test on checkout that `config` sets up.
+struct StalePool {
+    server: Server,
+    proxy: ProxyHandle,
+    authority: Authority,
+    events: Events,
+    pool: TcpPool,
+    old: BTreeSet<ConnectionId>,
+}
+
+async fn stale_pool_behind_proxy(
+    config: PoolConfigBuilder,
+    size: usize,
+    idle_for: Duration,
+) -> StalePool {
     let (server, _) = start_echo_server(None).await;
     let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into()).unwrap();
     let authority = proxy.authority();
-    let mut events = Events::new();
-    let config = pool_config()
-        .min_idle(SIZE)
-        .max_size(SIZE)
-        .test_on_checkout_after(Some(TEST_AFTER));
+    let events = Events::new();
+    let config = config.min_idle(size).max_size(size);
     let pool = start_pool(&authority, config, connection_config(), &events);
-    let old = wait_full(&pool, &authority, SIZE, WAIT).await;
-    server.wait_open(SIZE).await;
-    tokio::time::sleep(TEST_AFTER * 2).await;
+    let old = wait_full(&pool, &authority, size, WAIT).await;
+    server.wait_open(size).await;
+    tokio::time::sleep(idle_for).await;
+    StalePool {
+        server,
+        proxy,
+        authority,
+        events,
+        pool,
+        old,
+    }
+}
+
+#[actix::test]
+async fn a_checkout_just_after_idle_links_were_reset_gets_a_healthy_one() {
+    let config = pool_config().test_on_checkout_after(Some(TEST_AFTER));
+    let StalePool {
+        server,
+        proxy,
+        authority,
+        mut events,
+        pool,
+        old,
+    } = stale_pool_behind_proxy(config, SIZE, TEST_AFTER * 2).await;
 
     // Every link reset while idle; the checkouts come at once.
     assert_eq!(proxy.reset().await, SIZE, "links reset");
@@ -180,26 +212,20 @@ async fn a_checkout_just_after_idle_links_were_reset_gets_a_healthy_one() {
 }
 
 /// The same for a shared (multiplexed) checkout: the pool promises that connections
-/// idle past `test_on_checkout_after` are pinged before they are handed out.
-///
-/// Fails today: `CheckoutShared` / `PoolHandle::shared` never tests on checkout
-/// (`Group::share_or_queue` hands out the least loaded idle connection as it is), so
-/// it hands out a connection whose link was reset and the user's first call fails
-/// with `Closed(Io(ConnectionReset))`.
+/// idle past `test_on_checkout_after` are pinged before they are handed out. (Shared
+/// checkouts used to skip the test and hand out a connection whose link was reset;
+/// the user's first call failed with `Closed(Io(ConnectionReset))`.)
 #[actix::test]
 async fn a_shared_checkout_just_after_idle_links_were_reset_gets_a_healthy_one() {
-    let (server, _) = start_echo_server(None).await;
-    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into()).unwrap();
-    let authority = proxy.authority();
-    let mut events = Events::new();
-    let config = pool_config()
-        .min_idle(SIZE)
-        .max_size(SIZE)
-        .test_on_checkout_after(Some(TEST_AFTER));
-    let pool = start_pool(&authority, config, connection_config(), &events);
-    let old = wait_full(&pool, &authority, SIZE, WAIT).await;
-    server.wait_open(SIZE).await;
-    tokio::time::sleep(TEST_AFTER * 2).await;
+    let config = pool_config().test_on_checkout_after(Some(TEST_AFTER));
+    let StalePool {
+        server: _server,
+        proxy,
+        authority,
+        mut events,
+        pool,
+        old,
+    } = stale_pool_behind_proxy(config, SIZE, TEST_AFTER * 2).await;
 
     assert_eq!(proxy.reset().await, SIZE, "links reset");
     let shared = within(WAIT, "shared checkout", pool.shared(&authority))
@@ -229,18 +255,19 @@ async fn a_shared_checkout_just_after_idle_links_were_reset_gets_a_healthy_one()
 /// connection on its retry: it is out of the running before it is aborted.
 #[actix::test]
 async fn a_shared_checkout_never_gets_the_connection_that_failed_its_ping() {
-    let (server, _) = start_echo_server(None).await;
-    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into()).unwrap();
-    let authority = proxy.authority();
-    let events = Events::new();
     let config = pool_config()
-        .min_idle(1)
-        .max_size(1)
         .health_check_timeout(Duration::from_millis(100))
         .test_on_checkout_after(Some(Duration::from_millis(300)));
-    let pool = start_pool(&authority, config, connection_config(), &events);
-    let old = wait_full(&pool, &authority, 1, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Everything held to the end: the server and the event probe must outlive the
+    // checkout.
+    let StalePool {
+        server: _server,
+        proxy,
+        authority,
+        events: _events,
+        pool,
+        old,
+    } = stale_pool_behind_proxy(config, 1, Duration::from_millis(400)).await;
     proxy.inject(Direction::Downstream, Fault::Blackhole).await;
     if let Ok(shared) = within(WAIT, "a shared checkout", pool.shared(&authority)).await {
         assert!(

@@ -15,9 +15,9 @@
 //!   was out, `TimedOut { aborted: 1 }` when two drains ran out of time on a lease
 //!   never returned; a shutdown after the pool closed returns `AlreadyClosed`, and
 //!   checkouts then fail with `PoolError::Closed`;
-//! - every shutdown waits at most its own timeout. (Fails today, see
-//!   `a_second_drain_returns_within_its_own_timeout`: a `Drain` sent while another
-//!   drain is under way ignores its own timeout and waits for the first one's.)
+//! - every shutdown waits at most its own timeout, also a `Drain` sent while another
+//!   drain is under way (`a_second_drain_returns_within_its_own_timeout`; it used to
+//!   wait for the first one's).
 //!
 //! How the fault is made: pools over `tests/pool_support`'s in-memory echo server
 //! (virtual time), with leases and shared connections carrying `sleep:<ms>` calls
@@ -330,10 +330,9 @@ async fn two_closes_at_once_both_return_clean() {
 /// A drain with a short timeout, sent while a drain with a long one is under way,
 /// returns at its own timeout: `Drain::timeout` bounds that caller's wait.
 ///
-/// Fails today: `Pool::begin_shutdown` (src/pool/shutdown.rs) returns early for a
-/// drain while the pool is already draining, before it arms the timer for the new
-/// drain's timeout, so this caller waits for the first drain's 60 s instead of its
-/// own 1 s (the same goes for a second `Close`'s timeout once the pool is closing).
+/// `Pool::begin_shutdown` used to return early for a drain while the pool was
+/// already draining, before arming the timer for the new drain's timeout, so this
+/// caller waited for the first drain's 60 s instead of its own 1 s.
 #[actix::test]
 async fn a_second_drain_returns_within_its_own_timeout() {
     tokio::time::pause();
