@@ -37,7 +37,7 @@ use switchboard::protocol::frame::{
 };
 use switchboard::testkit::{Direction, Fault, FaultProxy, MockPeer, Probe};
 use switchboard::transport::TcpConnector;
-use switchboard::{Authority, Call, CloseReason, ConnectionEvent, Pool};
+use switchboard::{Authority, Call, CallError, CloseReason, ConnectionEvent, Pool};
 use tokio::net::TcpStream;
 
 /// Counts, per thread, the largest single allocation (or reallocation) asked for, so
@@ -99,6 +99,20 @@ fn frame_error(reason: &CloseReason) -> &FrameError {
             .expect("a frame codec error"),
         other => panic!("expected a Decode close, got {other:?}"),
     }
+}
+
+/// Waits for the spawned call `pending` to end, and checks that it failed with a
+/// close whose frame error `expected` accepts.
+async fn pending_fails_with(
+    pending: tokio::task::JoinHandle<Result<Result<Bytes, CallError>, actix::MailboxError>>,
+    expected: impl Fn(&FrameError) -> bool,
+) {
+    let error = within(REAL_WAIT, "pending call ends", pending)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(expected(frame_error(closed_reason(&error))), "{error:?}");
 }
 
 type TcpPeer = MockPeer<TcpStream>;
@@ -244,18 +258,10 @@ async fn a_huge_length_the_limit_allows_is_buffered_as_it_arrives_never_allocate
         largest <= 4 * SENT,
         "a {largest}-byte allocation for {SENT} bytes received (the claim was {claimed})"
     );
-    let error = within(REAL_WAIT, "pending call ends", pending)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(
-            frame_error(closed_reason(&error)),
-            FrameError::Truncated { .. }
-        ),
-        "{error:?}"
-    );
+    pending_fails_with(pending, |error| {
+        matches!(error, FrameError::Truncated { .. })
+    })
+    .await;
     drop(lease);
     within(REAL_WAIT, "close", pool.close()).await;
 }
@@ -286,12 +292,7 @@ async fn garbage_closes_only_its_connection(garbage: &[u8], expected: fn(&FrameE
     let (closed, reason) = next_closed(&mut events, REAL_WAIT).await;
     assert_eq!(closed, broken.id());
     assert!(expected(frame_error(&reason)), "{reason:?}");
-    let error = within(REAL_WAIT, "pending call ends", pending)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert!(expected(frame_error(closed_reason(&error))), "{error:?}");
+    pending_fails_with(pending, expected).await;
     bad_peer.expect_closed(REAL_WAIT).await;
 
     // The other connection is untouched: its pending call is answered.
@@ -391,18 +392,10 @@ async fn a_frame_cut_by_end_of_stream_fails_the_pending_call_as_truncated() {
         matches!(frame_error(&reason), FrameError::Truncated { buffered: 18 }),
         "{reason:?}"
     );
-    let error = within(REAL_WAIT, "pending call ends", pending)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(
-            frame_error(closed_reason(&error)),
-            FrameError::Truncated { .. }
-        ),
-        "not a clean close: {error:?}"
-    );
+    pending_fails_with(pending, |error| {
+        matches!(error, FrameError::Truncated { .. })
+    })
+    .await;
     drop(lease);
     assert_replaced(&pool, &bed, &[id]).await;
     within(REAL_WAIT, "close", pool.close()).await;
@@ -442,18 +435,10 @@ async fn hostile_bytes_arriving_one_per_segment_give_the_same_typed_error() {
         matches!(frame_error(&reason), FrameError::TooLarge { length, .. } if *length == u32::MAX as usize),
         "{reason:?}"
     );
-    let error = within(REAL_WAIT, "pending call ends", pending)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
-    assert!(
-        matches!(
-            frame_error(closed_reason(&error)),
-            FrameError::TooLarge { .. }
-        ),
-        "{error:?}"
-    );
+    pending_fails_with(pending, |error| {
+        matches!(error, FrameError::TooLarge { .. })
+    })
+    .await;
     drop(lease);
     within(REAL_WAIT, "close", pool.close()).await;
     proxy.stop().await;
