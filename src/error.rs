@@ -211,6 +211,19 @@ pub enum ConnectError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// The transport opened, but the handshake on it failed: TLS (a certificate or
+    /// server name that does not check out) or the protocol's own greeting (a
+    /// refused password, say). Retrying will not help until something changes.
+    #[error("{layer} handshake with {authority} failed: {source}")]
+    Handshake {
+        /// Where the connection was going.
+        authority: Authority,
+        /// Which handshake failed: `"tls"`, `"resp"`, ...
+        layer: &'static str,
+        /// What went wrong.
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ConnectError {
@@ -218,6 +231,20 @@ impl ConnectError {
         Self::Io {
             authority: authority.clone(),
             source: Arc::new(source),
+        }
+    }
+
+    /// A failed handshake of `layer` (`"tls"`, `"resp"`, ...) on a transport to
+    /// `authority`; for connectors that wrap another and greet the peer.
+    pub fn handshake(
+        authority: &Authority,
+        layer: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Handshake {
+            authority: authority.clone(),
+            layer,
+            source: Arc::from(source.into()),
         }
     }
 }
