@@ -71,8 +71,32 @@ impl Message for Publish {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Confirmed {
-    /// The message's sequence number in its topic.
+    /// The message's sequence number in its topic, from a sequenced server
+    /// ([`BrokerProtocol::SEQUENCED`](super::BrokerProtocol::SEQUENCED)); 0 from one
+    /// that does not number messages.
     pub seq: u64,
+    /// How many subscribers the server handed it to, where the server says (Redis's
+    /// `PUBLISH` does).
+    pub receivers: Option<u64>,
+}
+
+impl Confirmed {
+    /// A confirmation that numbers the message `seq` in its topic.
+    pub fn numbered(seq: u64) -> Self {
+        Self {
+            seq,
+            receivers: None,
+        }
+    }
+
+    /// A confirmation from a server that does not number messages but says how many
+    /// subscribers got it.
+    pub fn received_by(receivers: u64) -> Self {
+        Self {
+            seq: 0,
+            receivers: Some(receivers),
+        }
+    }
 }
 
 /// A published message the server did not confirm.
@@ -159,7 +183,9 @@ pub struct Unsubscribe(pub SubscriptionId);
 pub struct Delivery {
     /// The topic.
     pub topic: Bytes,
-    /// Its sequence number in the topic, from the server.
+    /// Its sequence number in the topic: the server's where it numbers messages
+    /// ([`BrokerProtocol::SEQUENCED`](super::BrokerProtocol::SEQUENCED)), else this
+    /// broker's count of the topic's deliveries, from 1.
     pub seq: u64,
     /// The message.
     pub payload: Bytes,
@@ -230,6 +256,9 @@ pub enum BrokerError {
     /// The broker actor stopped.
     #[error("broker stopped")]
     Stopped,
+    /// The protocol has no way to do this (requests by route over Redis, say).
+    #[error("not supported by this protocol: {0}")]
+    Unsupported(&'static str),
 }
 
 impl BrokerError {
@@ -242,6 +271,7 @@ impl BrokerError {
             Self::NotSubscribed => "not_subscribed",
             Self::BadAnswer(_) => "bad_answer",
             Self::Stopped => "stopped",
+            Self::Unsupported(_) => "unsupported",
         }
     }
 }

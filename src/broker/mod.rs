@@ -31,9 +31,20 @@
 //!   pings themselves, outside any mailbox.
 //!
 //! The server side it talks to is [`server`](crate::server).
+//!
+//! # Protocols
+//! The broker speaks any [`BrokerProtocol`]: the built-in `frame` protocol (the
+//! default type parameter, against a [`ServerBroker`](crate::server::ServerBroker))
+//! is *sequenced*, and every guarantee above holds in full. Over a *plain* server such
+//! as Redis ([`resp`](crate::protocol::resp)), which neither numbers nor replays,
+//! publishes and ordering on one connection work the same, [`Request`]s are
+//! [`BrokerError::Unsupported`], and subscriptions are at most once: they move only
+//! when their connection closes, and what is published while none is subscribed is
+//! not seen.
 
 mod messages;
 mod producer;
+mod protocol;
 mod subscriptions;
 
 use std::fmt;
@@ -52,7 +63,9 @@ pub use messages::{
     Publish, Request, Subscribe, SubscriptionId, Unconfirmed, Unsubscribe,
 };
 
-use crate::protocol::frame::{FrameProtocol, FrameRequest};
+pub use protocol::{BrokerProtocol, Fence, Joined, Message, Resume};
+
+use crate::protocol::frame::FrameProtocol;
 use crate::transport::Connector;
 use crate::{Authority, Call, CallError, ConnectionEvent, PoolBuilder, PoolHandle, Pushed, Spread};
 use producer::Producer;
@@ -64,11 +77,12 @@ const MAILBOX: usize = 65_536;
 
 /// The client-side broker actor; see the [module documentation](self). Start one with
 /// [`Broker::builder`].
-pub struct Broker<C: Connector> {
-    pool: PoolHandle<C, FrameProtocol>,
+pub struct Broker<C: Connector, P: BrokerProtocol = FrameProtocol> {
+    pool: PoolHandle<C, P>,
+    protocol: P,
     authority: Authority,
     config: BrokerConfig,
-    producers: FxHashMap<ProducerId, Producer<C>>,
+    producers: FxHashMap<ProducerId, Producer<C, P>>,
     /// This broker's number in the server's producer fences: random, so that two
     /// clients' producers with the same id are fenced apart.
     instance: u64,
@@ -76,13 +90,13 @@ pub struct Broker<C: Connector> {
     /// grows, so a producer forgotten while idle and published for again still goes
     /// up.
     next_fence: u64,
-    topics: FxHashMap<Bytes, Topic<C>>,
+    topics: FxHashMap<Bytes, Topic<C, P>>,
     subscriptions: FxHashMap<SubscriptionId, Bytes>,
     next_subscription: u64,
     stats: BrokerStats,
 }
 
-impl<C: Connector> fmt::Debug for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> fmt::Debug for Broker<C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Broker")
             .field("authority", &self.authority)
@@ -94,13 +108,13 @@ impl<C: Connector> fmt::Debug for Broker<C> {
 
 /// Sets up a [`Broker`]; see [`Broker::builder`].
 #[must_use]
-pub struct BrokerBuilder<C: Connector> {
-    pool: PoolBuilder<C, FrameProtocol>,
+pub struct BrokerBuilder<C: Connector, P: BrokerProtocol = FrameProtocol> {
+    pool: PoolBuilder<C, P>,
     authority: Authority,
     config: BrokerConfig,
 }
 
-impl<C: Connector> fmt::Debug for BrokerBuilder<C> {
+impl<C: Connector, P: BrokerProtocol> fmt::Debug for BrokerBuilder<C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerBuilder")
             .field("authority", &self.authority)
@@ -109,7 +123,7 @@ impl<C: Connector> fmt::Debug for BrokerBuilder<C> {
     }
 }
 
-impl<C: Connector> BrokerBuilder<C> {
+impl<C: Connector, P: BrokerProtocol> BrokerBuilder<C, P> {
     /// The broker's limits. Defaults to [`BrokerConfig::default`].
     pub fn config(mut self, config: BrokerConfig) -> Self {
         self.config = config;
@@ -117,13 +131,14 @@ impl<C: Connector> BrokerBuilder<C> {
     }
 
     /// Starts the pool and the broker in the current arbiter.
-    pub fn start(self) -> BrokerHandle<C> {
+    pub fn start(self) -> BrokerHandle<C, P> {
         let BrokerBuilder {
             pool,
             authority,
             config,
         } = self;
         let mut handle = None;
+        let protocol = pool.protocol.clone();
         let addr = Broker::create(|ctx| {
             let pool = pool
                 .authority(authority.clone())
@@ -133,6 +148,7 @@ impl<C: Connector> BrokerBuilder<C> {
             handle = Some(pool.clone());
             Broker {
                 pool,
+                protocol,
                 authority,
                 config,
                 producers: FxHashMap::default(),
@@ -151,10 +167,10 @@ impl<C: Connector> BrokerBuilder<C> {
     }
 }
 
-impl<C: Connector> Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
     /// Sets up a broker that routes to `authority` over the pool `pool` will start.
     /// The broker sets the pool's push and event recipients to itself.
-    pub fn builder(pool: PoolBuilder<C, FrameProtocol>, authority: Authority) -> BrokerBuilder<C> {
+    pub fn builder(pool: PoolBuilder<C, P>, authority: Authority) -> BrokerBuilder<C, P> {
         BrokerBuilder {
             pool,
             authority,
@@ -172,12 +188,12 @@ impl<C: Connector> Broker<C> {
 }
 
 /// Sends `request` over a connection picked by two random choices.
-async fn call_spread<C: Connector>(
-    pool: PoolHandle<C, FrameProtocol>,
+async fn call_spread<C: Connector, P: BrokerProtocol>(
+    pool: PoolHandle<C, P>,
     authority: Authority,
-    request: FrameRequest,
+    request: P::Request,
     timeout: Option<Duration>,
-) -> Result<Bytes, BrokerError> {
+) -> Result<P::Reply, BrokerError> {
     let connection = pool.shared_by(&authority, Spread::TwoChoices, None).await?;
     let mut call = Call::new(request);
     call.timeout = timeout;
@@ -190,18 +206,17 @@ fn answered<T>(answer: Result<Result<T, CallError>, actix::MailboxError>) -> Res
     answer?
 }
 
-/// Reads the server's answer to a publish: the message's sequence number in its topic.
-fn confirmation(answer: Result<Bytes, BrokerError>) -> Result<Confirmed, Unconfirmed> {
-    let seq = answer.map_err(|error| Unconfirmed { error })?;
-    let seq = <[u8; 8]>::try_from(&seq[..]).map_err(|_| Unconfirmed {
-        error: BrokerError::BadAnswer("publish confirmation is not an 8-byte number"),
-    })?;
-    Ok(Confirmed {
-        seq: u64::from_be_bytes(seq),
-    })
+/// Reads the server's answer to a publish.
+fn confirmation<P: BrokerProtocol>(
+    protocol: &P,
+    answer: Result<P::Reply, BrokerError>,
+) -> Result<Confirmed, Unconfirmed> {
+    answer
+        .and_then(|reply| protocol.published(reply))
+        .map_err(|error| Unconfirmed { error })
 }
 
-impl<C: Connector> Actor for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Actor for Broker<C, P> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -209,7 +224,7 @@ impl<C: Connector> Actor for Broker<C> {
     }
 }
 
-impl<C: Connector> Handler<Publish> for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Handler<Publish> for Broker<C, P> {
     type Result = ResponseActFuture<Self, Result<Confirmed, Unconfirmed>>;
 
     /// Publishes in order for its producer, or spread by load.
@@ -227,10 +242,10 @@ impl<C: Connector> Handler<Publish> for Broker<C> {
                 )
             }
             Order::Unordered => {
-                let request = FrameRequest::publish(publish.topic, publish.payload);
+                let request = self.protocol.publish(publish.topic, publish.payload);
                 let answer = call_spread(self.pool.clone(), self.authority.clone(), request, None);
                 Box::pin(answer.into_actor(self).map(|answer, this, _| {
-                    let outcome = confirmation(answer);
+                    let outcome = confirmation(&this.protocol, answer);
                     match &outcome {
                         Ok(_) => this.stats.confirmed += 1,
                         Err(_) => this.stats.unconfirmed += 1,
@@ -242,13 +257,18 @@ impl<C: Connector> Handler<Publish> for Broker<C> {
     }
 }
 
-impl<C: Connector> Handler<Request> for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Handler<Request> for Broker<C, P> {
     type Result = ResponseActFuture<Self, Result<Bytes, BrokerError>>;
 
     /// Sends the request over the less loaded of two connections.
     fn handle(&mut self, request: Request, _: &mut Context<Self>) -> Self::Result {
-        let mut frame = FrameRequest::new(request.payload);
-        frame.topic = request.route;
+        let frame = match self.protocol.call(request.route, request.payload) {
+            Ok(frame) => frame,
+            Err(error) => {
+                self.stats.requests_failed += 1;
+                return Box::pin(actix::fut::ready(Err(error)));
+            }
+        };
         let answer = call_spread(
             self.pool.clone(),
             self.authority.clone(),
@@ -256,6 +276,7 @@ impl<C: Connector> Handler<Request> for Broker<C> {
             request.timeout,
         );
         Box::pin(answer.into_actor(self).map(|answer, this, _| {
+            let answer = answer.and_then(|reply| this.protocol.answer(reply));
             match &answer {
                 Ok(_) | Err(BrokerError::Call(CallError::Remote(_))) => this.stats.requests += 1,
                 Err(_) => this.stats.requests_failed += 1,
@@ -265,7 +286,7 @@ impl<C: Connector> Handler<Request> for Broker<C> {
     }
 }
 
-impl<C: Connector> Handler<Subscribe> for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Handler<Subscribe> for Broker<C, P> {
     type Result = ResponseFuture<Result<SubscriptionId, BrokerError>>;
 
     /// Subscribes, and resolves once the server confirmed.
@@ -275,7 +296,7 @@ impl<C: Connector> Handler<Subscribe> for Broker<C> {
     }
 }
 
-impl<C: Connector> Handler<Unsubscribe> for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Handler<Unsubscribe> for Broker<C, P> {
     type Result = ResponseFuture<Result<(), BrokerError>>;
 
     /// Ends a subscription, telling the server when it was the topic's last.
@@ -284,13 +305,14 @@ impl<C: Connector> Handler<Unsubscribe> for Broker<C> {
             return Box::pin(async { Err(BrokerError::NotSubscribed) });
         }
         let tell = self.forget_subscriber(id);
+        let protocol = self.protocol.clone();
         Box::pin(async move {
             if let Some((name, source)) = tell {
                 // The subscription is gone here whatever the server says; a
                 // connection that closed meanwhile took it along on the server.
                 let _ = source
                     .addr()
-                    .send(Call::new(FrameRequest::unsubscribe(name)))
+                    .send(Call::new(protocol.unsubscribe(name)))
                     .await;
             }
             Ok(())
@@ -298,16 +320,18 @@ impl<C: Connector> Handler<Unsubscribe> for Broker<C> {
     }
 }
 
-impl<C: Connector> Handler<Pushed<FrameProtocol>> for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Handler<Pushed<P>> for Broker<C, P> {
     type Result = ();
 
     /// Hands a subscribed message to its topic's subscribers.
-    fn handle(&mut self, pushed: Pushed<FrameProtocol>, _: &mut Context<Self>) {
-        self.deliver(pushed.connection, pushed.push);
+    fn handle(&mut self, pushed: Pushed<P>, _: &mut Context<Self>) {
+        if let Some(message) = self.protocol.message(pushed.push) {
+            self.deliver(pushed.connection, message);
+        }
     }
 }
 
-impl<C: Connector> Handler<ConnectionEvent> for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Handler<ConnectionEvent> for Broker<C, P> {
     type Result = ();
 
     /// Moves producers and subscriptions off a connection that closes or drains.
@@ -326,7 +350,7 @@ impl<C: Connector> Handler<ConnectionEvent> for Broker<C> {
     }
 }
 
-impl<C: Connector> Handler<GetBrokerStats> for Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Handler<GetBrokerStats> for Broker<C, P> {
     type Result = MessageResult<GetBrokerStats>;
 
     /// A snapshot of the counters.
@@ -336,12 +360,12 @@ impl<C: Connector> Handler<GetBrokerStats> for Broker<C> {
 }
 
 /// The way to a running [`Broker`] and its pool.
-pub struct BrokerHandle<C: Connector> {
-    broker: Addr<Broker<C>>,
-    pool: PoolHandle<C, FrameProtocol>,
+pub struct BrokerHandle<C: Connector, P: BrokerProtocol = FrameProtocol> {
+    broker: Addr<Broker<C, P>>,
+    pool: PoolHandle<C, P>,
 }
 
-impl<C: Connector> Clone for BrokerHandle<C> {
+impl<C: Connector, P: BrokerProtocol> Clone for BrokerHandle<C, P> {
     fn clone(&self) -> Self {
         Self {
             broker: self.broker.clone(),
@@ -350,20 +374,20 @@ impl<C: Connector> Clone for BrokerHandle<C> {
     }
 }
 
-impl<C: Connector> fmt::Debug for BrokerHandle<C> {
+impl<C: Connector, P: BrokerProtocol> fmt::Debug for BrokerHandle<C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerHandle").finish_non_exhaustive()
     }
 }
 
-impl<C: Connector> BrokerHandle<C> {
+impl<C: Connector, P: BrokerProtocol> BrokerHandle<C, P> {
     /// The broker's address, to send it messages.
-    pub fn addr(&self) -> &Addr<Broker<C>> {
+    pub fn addr(&self) -> &Addr<Broker<C, P>> {
         &self.broker
     }
 
     /// The pool the broker routes over.
-    pub fn pool(&self) -> &PoolHandle<C, FrameProtocol> {
+    pub fn pool(&self) -> &PoolHandle<C, P> {
         &self.pool
     }
 

@@ -24,16 +24,15 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::messages::{BrokerError, Confirmed, ProducerId, Unconfirmed};
-use super::{answered, confirmation, Broker};
-use crate::protocol::frame::{FrameProtocol, FrameRequest};
+use super::{answered, confirmation, Broker, BrokerProtocol, Fence};
 use crate::transport::Connector;
 use crate::{Call, CallError, SharedConnection, Spread};
 
 pub(super) type Outcome = Result<Confirmed, Unconfirmed>;
 
 /// One ordered producer's state.
-pub(super) struct Producer<C: Connector> {
-    state: State<C>,
+pub(super) struct Producer<C: Connector, P: BrokerProtocol> {
+    state: State<C, P>,
     /// Messages written and not yet answered.
     outstanding: usize,
     /// Messages waiting for a connection, in publish order.
@@ -42,10 +41,10 @@ pub(super) struct Producer<C: Connector> {
     next: u64,
 }
 
-enum State<C: Connector> {
+enum State<C: Connector, P: BrokerProtocol> {
     Unpinned,
     Repinning,
-    Pinned(SharedConnection<C, FrameProtocol>),
+    Pinned(SharedConnection<C, P>),
     Moving,
 }
 
@@ -61,7 +60,7 @@ pub(super) struct Queued {
     reply: oneshot::Sender<Outcome>,
 }
 
-impl<C: Connector> Default for Producer<C> {
+impl<C: Connector, P: BrokerProtocol> Default for Producer<C, P> {
     fn default() -> Self {
         Self {
             state: State::Unpinned,
@@ -72,7 +71,7 @@ impl<C: Connector> Default for Producer<C> {
     }
 }
 
-impl<C: Connector> Producer<C> {
+impl<C: Connector, P: BrokerProtocol> Producer<C, P> {
     /// Nothing written, nothing queued: the producer can be forgotten without
     /// breaking its order.
     pub(super) fn is_idle(&self) -> bool {
@@ -90,7 +89,7 @@ impl<C: Connector> Producer<C> {
     }
 }
 
-impl<C: Connector> Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
     /// Publishes in order for `id`; the receiver resolves exactly once.
     pub(super) fn publish_ordered(
         &mut self,
@@ -163,7 +162,7 @@ impl<C: Connector> Broker<C> {
     fn write(
         &mut self,
         id: ProducerId,
-        connection: &SharedConnection<C, FrameProtocol>,
+        connection: &SharedConnection<C, P>,
         message: Queued,
         ctx: &mut Context<Self>,
     ) {
@@ -176,8 +175,15 @@ impl<C: Connector> Broker<C> {
         } = message;
         // Fenced: should this message reach the server late, after one the producer
         // sent later on another connection, the server refuses it.
-        let request =
-            FrameRequest::publish_ordered(topic.clone(), self.instance, id.0, fence, &payload);
+        let request = self.protocol.publish_ordered(
+            topic.clone(),
+            Fence {
+                instance: self.instance,
+                producer: id.0,
+                number: fence,
+            },
+            payload.clone(),
+        );
         // A fresh sender per message is never parked by the mailbox's capacity, so the
         // message is queued now, behind the producer's earlier ones: this is what
         // keeps the order. The bound is `max_unconfirmed`, checked above.
@@ -194,7 +200,7 @@ impl<C: Connector> Broker<C> {
                 Err(actix::MailboxError::Closed) => Err(Unconfirmed {
                     error: BrokerError::Call(CallError::Closing),
                 }),
-                answer => confirmation(answered(answer).map_err(BrokerError::Call)),
+                answer => confirmation(&this.protocol, answered(answer).map_err(BrokerError::Call)),
             };
             let Some(producer) = this.producers.get_mut(&id) else {
                 return;

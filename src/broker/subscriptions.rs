@@ -27,8 +27,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::messages::{BrokerError, Delivery, SubscriptionId};
-use super::{answered, Broker};
-use crate::protocol::frame::{FrameProtocol, FramePush, FrameRequest};
+use super::{answered, Broker, BrokerProtocol, Joined, Message, Resume};
 use crate::transport::Connector;
 use crate::{Call, ConnectionId, PoolError, SharedConnection, Spread};
 
@@ -43,12 +42,12 @@ type Waiter = (
 );
 
 /// One topic subscribed through this broker.
-pub(super) struct Topic<C: Connector> {
+pub(super) struct Topic<C: Connector, P: BrokerProtocol> {
     subscribers: Vec<(SubscriptionId, Recipient<Delivery>)>,
     /// Subscribers waiting for the server's confirmation.
     waiting: Vec<Waiter>,
     /// The connection the server confirmed the subscription on.
-    source: Option<SharedConnection<C, FrameProtocol>>,
+    source: Option<SharedConnection<C, P>>,
     /// The connection a subscribe is under way on (its messages are taken already).
     joining: Option<ConnectionId>,
     /// Whether a subscribe is under way (a connection being picked, or the call).
@@ -57,12 +56,12 @@ pub(super) struct Topic<C: Connector> {
     /// The server incarnation `last_seq` belongs to (0 before the first answer).
     incarnation: u64,
     /// What the joining connection delivered before its answer.
-    held: Vec<FramePush>,
+    held: Vec<Message>,
     /// Failed attempts in a row, for the backoff.
     failures: u32,
 }
 
-impl<C: Connector> Default for Topic<C> {
+impl<C: Connector, P: BrokerProtocol> Default for Topic<C, P> {
     fn default() -> Self {
         Self {
             subscribers: Vec::new(),
@@ -78,7 +77,7 @@ impl<C: Connector> Default for Topic<C> {
     }
 }
 
-impl<C: Connector> Topic<C> {
+impl<C: Connector, P: BrokerProtocol> Topic<C, P> {
     fn is_unused(&self) -> bool {
         self.subscribers.is_empty() && self.waiting.is_empty()
     }
@@ -88,31 +87,7 @@ impl<C: Connector> Topic<C> {
     }
 }
 
-/// The server's answer to a subscribe.
-struct Joined {
-    /// Messages it could not replay.
-    missed: u64,
-    /// The topic's last sequence number.
-    head: u64,
-    /// The server's incarnation (0 from a server that does not say).
-    incarnation: u64,
-}
-
-fn read_answer(answer: &Bytes) -> Result<Joined, BrokerError> {
-    let number = |at: usize| u64::from_be_bytes(answer[at..at + 8].try_into().expect("8 bytes"));
-    match answer.len() {
-        16 | 24 => Ok(Joined {
-            missed: number(0),
-            head: number(8),
-            incarnation: if answer.len() == 24 { number(16) } else { 0 },
-        }),
-        _ => Err(BrokerError::BadAnswer(
-            "subscribe answer is not two or three 8-byte numbers",
-        )),
-    }
-}
-
-impl<C: Connector> Broker<C> {
+impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
     pub(super) fn subscribe(
         &mut self,
         topic: Bytes,
@@ -156,13 +131,16 @@ impl<C: Connector> Broker<C> {
                 Ok(connection) => {
                     topic.joining = Some(connection.id());
                     topic.held.clear();
-                    let request =
-                        FrameRequest::subscribe(name.clone(), topic.last_seq, topic.incarnation);
+                    let resume = Resume {
+                        after: topic.last_seq,
+                        incarnation: topic.incarnation,
+                    };
+                    let request = this.protocol.subscribe(name.clone(), resume);
                     let answer = connection.addr().send(Call::new(request));
                     let joined = answer.into_actor(this).map(move |answer, this, ctx| {
                         let answer = answered(answer)
                             .map_err(BrokerError::Call)
-                            .and_then(|bytes| read_answer(&bytes));
+                            .and_then(|reply| this.protocol.subscribed(reply));
                         this.joined(name, connection, answer, ctx);
                     });
                     ctx.spawn(joined);
@@ -175,7 +153,7 @@ impl<C: Connector> Broker<C> {
     fn joined(
         &mut self,
         name: Bytes,
-        connection: SharedConnection<C, FrameProtocol>,
+        connection: SharedConnection<C, P>,
         answer: Result<Joined, BrokerError>,
         ctx: &mut Context<Self>,
     ) {
@@ -184,7 +162,7 @@ impl<C: Connector> Broker<C> {
             if answer.is_ok() {
                 let _ = connection
                     .addr()
-                    .try_send(Call::new(FrameRequest::unsubscribe(name)));
+                    .try_send(Call::new(self.protocol.unsubscribe(name)));
             }
             return;
         };
@@ -206,7 +184,10 @@ impl<C: Connector> Broker<C> {
             Ok(joined) => joined,
             Err(error) => return self.join_failed(name, error, ctx),
         };
-        let restarted = if incarnation == 0 {
+        let restarted = if !P::SEQUENCED {
+            // Numbers are this broker's own count, and go on.
+            false
+        } else if incarnation == 0 {
             // A server that does not name its life: a head behind us tells.
             head < topic.last_seq
         } else {
@@ -236,14 +217,17 @@ impl<C: Connector> Broker<C> {
             // it closes soon, and the server drops its subscriptions then.
             let _ = old
                 .addr()
-                .try_send(Call::new(FrameRequest::unsubscribe(name.clone())));
+                .try_send(Call::new(self.protocol.unsubscribe(name.clone())));
         }
         if let Some(source) = now_on {
             // In sequence: the connection may have carried new pushes of an earlier
             // subscription before the replay, and the first new one must not make
             // the replay look like duplicates.
-            held.sort_by_key(|push| push.seq);
-            held.dedup_by_key(|push| push.seq);
+            // A plain server's messages have no number and arrive in order.
+            if P::SEQUENCED {
+                held.sort_by_key(|message| message.seq);
+                held.dedup_by_key(|message| message.seq);
+            }
             for push in held {
                 self.deliver(source, push);
             }
@@ -304,6 +288,12 @@ impl<C: Connector> Broker<C> {
         closed: bool,
         ctx: &mut Context<Self>,
     ) {
+        if !closed && !P::SEQUENCED {
+            // A plain server cannot replay, and two connections subscribed at once
+            // would deliver some messages twice with no number to tell: the
+            // subscription stays on the draining connection until it closes.
+            return;
+        }
         let mut moving = Vec::new();
         for (name, topic) in &mut self.topics {
             if topic.source_id() == Some(connection) {
@@ -320,19 +310,15 @@ impl<C: Connector> Broker<C> {
     }
 
     /// Hands a message from a connection to the topic's subscribers.
-    pub(super) fn deliver(&mut self, connection: ConnectionId, push: FramePush) {
-        let Some(name) = push.topic else { return };
-        let Some(topic) = self.topics.get_mut(&name) else {
+    pub(super) fn deliver(&mut self, connection: ConnectionId, message: Message) {
+        let Some(topic) = self.topics.get_mut(&message.topic) else {
             return;
         };
         if topic.joining == Some(connection) && topic.source_id() != Some(connection) {
-            // Which life of the server numbered it is known with the answer.
+            // Which life of the server numbered it is known with the answer; and
+            // the subscribers waiting for that answer must not see it before.
             if topic.held.len() < HELD_PUSHES {
-                topic.held.push(FramePush {
-                    seq: push.seq,
-                    topic: Some(name),
-                    payload: push.payload,
-                });
+                topic.held.push(message);
             } else {
                 self.stats.missed += 1;
             }
@@ -341,17 +327,22 @@ impl<C: Connector> Broker<C> {
         if topic.source_id() != Some(connection) {
             return;
         }
-        // After a move, a message may come twice (a replayed one after the answer
-        // that ends the move, say): the sequence number tells.
-        if push.seq <= topic.last_seq {
-            self.stats.duplicates += 1;
-            return;
-        }
-        topic.last_seq = push.seq;
+        let seq = match message.seq {
+            // After a move, a message may come twice (a replayed one after the
+            // answer that ends the move, say): the sequence number tells.
+            Some(seq) if seq <= topic.last_seq => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Some(seq) => seq,
+            // A plain server does not number: count deliveries here.
+            None => topic.last_seq + 1,
+        };
+        topic.last_seq = seq;
         let delivery = Delivery {
-            topic: name,
-            seq: push.seq,
-            payload: push.payload,
+            topic: message.topic,
+            seq,
+            payload: message.payload,
         };
         let mut gone = Vec::new();
         // Those waiting for the first subscribe's answer get what arrives before it:
@@ -377,7 +368,7 @@ impl<C: Connector> Broker<C> {
                 // Best effort: the topic's last subscriber went away unasked.
                 let _ = source
                     .addr()
-                    .try_send(Call::new(FrameRequest::unsubscribe(name)));
+                    .try_send(Call::new(self.protocol.unsubscribe(name)));
             }
         }
     }
@@ -387,7 +378,7 @@ impl<C: Connector> Broker<C> {
     pub(super) fn forget_subscriber(
         &mut self,
         id: SubscriptionId,
-    ) -> Option<(Bytes, SharedConnection<C, FrameProtocol>)> {
+    ) -> Option<(Bytes, SharedConnection<C, P>)> {
         let name = self.subscriptions.remove(&id)?;
         let topic = self.topics.get_mut(&name)?;
         topic.subscribers.retain(|(sub, _)| *sub != id);
