@@ -175,7 +175,8 @@ impl CloseReason {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
-    /// No connection within the connect timeout.
+    /// No connection within the connect timeout, or a handshake on it (TLS, a
+    /// protocol's greeting) that did not finish within its own timeout.
     #[error("connecting to {authority} timed out after {after:?}")]
     Timeout {
         /// Where the connection was going.

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use super::messages::{BrokerError, Confirmed};
 use crate::protocol::frame::{FrameProtocol, FramePush, FrameRequest};
+use crate::protocol::resp::{Command, PushKind, RespProtocol, RespPush, Value};
 use crate::protocol::Protocol;
 
 /// Where an ordered publish stands in its producer's sequence, for servers that fence
@@ -99,8 +100,12 @@ impl Message {
 /// [`RespProtocol`](crate::protocol::resp::RespProtocol) (plain); implement it to put
 /// the broker in front of your own server.
 pub trait BrokerProtocol: Protocol {
-    /// Whether the server numbers messages, replays from a number and fences ordered
-    /// publishes; see the [module documentation](self).
+    /// Whether the server numbers each topic's messages, replays what a returning
+    /// subscriber missed and fences ordered publishes that arrive late. A sequenced
+    /// server's subscriptions move between connections without loss or duplicates;
+    /// over a plain one the broker numbers deliveries itself, moves a subscription
+    /// only when its connection has closed, and what is published while no
+    /// connection is subscribed is not seen (at most once).
     const SEQUENCED: bool;
 
     /// The request that publishes `payload` to `topic`.
@@ -202,6 +207,69 @@ impl BrokerProtocol for FrameProtocol {
         Some(Message {
             topic: push.topic?,
             seq: Some(push.seq),
+            payload: push.payload,
+        })
+    }
+}
+
+impl BrokerProtocol for RespProtocol {
+    const SEQUENCED: bool = false;
+
+    fn publish(&self, topic: Bytes, payload: Bytes) -> Command {
+        Command::publish(topic, payload)
+    }
+
+    fn published(&self, reply: Value) -> Result<Confirmed, BrokerError> {
+        match reply.as_integer().map(u64::try_from) {
+            Some(Ok(receivers)) => Ok(Confirmed::received_by(receivers)),
+            _ => Err(BrokerError::BadAnswer(
+                "PUBLISH was not answered with a count of receivers",
+            )),
+        }
+    }
+
+    fn call(&self, _: Option<Bytes>, _: Bytes) -> Result<Command, BrokerError> {
+        Err(BrokerError::Unsupported(
+            "redis has no request handlers; use the Redis client or a Command",
+        ))
+    }
+
+    fn answer(&self, _: Value) -> Result<Bytes, BrokerError> {
+        Err(BrokerError::Unsupported("redis has no request handlers"))
+    }
+
+    fn subscribe(&self, topic: Bytes, _: Resume) -> Command {
+        Command::subscribe(topic)
+    }
+
+    fn subscribed(&self, reply: Value) -> Result<Joined, BrokerError> {
+        // `["subscribe", channel, count]`: an array in RESP2, a push in RESP3.
+        let confirmed = match &reply {
+            Value::Array(items) | Value::Push(items) => items
+                .first()
+                .and_then(Value::as_bytes)
+                .is_some_and(|kind| kind.eq_ignore_ascii_case(b"subscribe")),
+            _ => false,
+        };
+        if confirmed {
+            Ok(Joined::default())
+        } else {
+            Err(BrokerError::BadAnswer(
+                "SUBSCRIBE was not answered with a subscribe confirmation",
+            ))
+        }
+    }
+
+    fn unsubscribe(&self, topic: Bytes) -> Command {
+        Command::unsubscribe(topic)
+    }
+
+    fn message(&self, push: RespPush) -> Option<Message> {
+        // The broker subscribes channels only; pattern and shard messages, and
+        // invalidations, belong to someone else.
+        (push.kind == PushKind::Message).then(|| Message {
+            topic: push.channel,
+            seq: None,
             payload: push.payload,
         })
     }

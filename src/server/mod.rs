@@ -13,11 +13,17 @@
 //! itself, so a busy broker or a slow handler cannot make a client think the link
 //! is dead.
 //!
+//! With feature `tls`, a `TlsListener` runs TLS (rustls, `ring` provider) over the
+//! accepted sockets, handshakes side by side, for the same Listener; see
+//! `docs/tls.md`.
+//!
 //! [`Connection`]: crate::Connection
 
 mod broker;
 mod fences;
 mod listener;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use broker::{
     Broadcast, GetServerStats, Route, ServerBroker, ServerConfig, ServerRequest, ServerStats,
@@ -25,3 +31,5 @@ pub use broker::{
 pub use listener::{
     Accept, Disconnect, GetListenerStats, Listener, ListenerBuilder, ListenerStats, Stop,
 };
+#[cfg(feature = "tls")]
+pub use tls::{tls_server_config, TlsHandshakeCounters, TlsHandshakeStats, TlsListener};

@@ -6,6 +6,10 @@
 //! - [`UnixConnector`]: Unix domain sockets;
 //! - [`MemoryConnector`]: in-memory duplex pipes to listeners on a [`MemoryNetwork`],
 //!   for tests that need no sockets.
+//! - `TlsConnector` (feature `tls`): TLS (rustls, `ring` provider) over any other
+//!   connector, with a handshake timeout and the server's name checked; see
+//!   `docs/tls.md`. [`rustls`](https://docs.rs/rustls/0.23) itself is re-exported as
+//!   `transport::rustls`, so configs need no version-matched dependency.
 //!
 //! A [`Connection`](crate::Connection) takes any `AsyncRead + AsyncWrite + Unpin +
 //! 'static` stream ([`Transport`]), so simulated streams (turmoil) and TLS streams plug
@@ -13,6 +17,8 @@
 
 mod memory;
 mod tcp;
+#[cfg(feature = "tls")]
+mod tls;
 
 use futures::future::LocalBoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,6 +27,11 @@ use crate::{Authority, ConnectError};
 
 pub use memory::{MemoryConnector, MemoryListener, MemoryNetwork};
 pub use tcp::{TcpConnector, UnixConnector};
+#[cfg(feature = "tls")]
+pub use tls::{tls_client_config, TlsConnector};
+/// The rustls version this crate's TLS is built on, for building configs.
+#[cfg(feature = "tls")]
+pub use rustls;
 
 /// A byte stream a [`Connection`](crate::Connection) can own.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + 'static {}
