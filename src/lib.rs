@@ -56,11 +56,21 @@
 //!   answers requests through handler actors and fans publishes out to subscribers.
 //! - [`protocol`] (`src/protocol/`): the [`Protocol`](protocol::Protocol) trait (a
 //!   codec plus frame semantics) and the built-in
-//!   [`frame`](protocol::frame) protocol.
+//!   [`frame`](protocol::frame) protocol, and [`resp`](protocol::resp), Redis's
+//!   RESP2/RESP3 with a handshaking connector and a typed client.
 //! - [`transport`] (`src/transport/`): [`Connector`](transport::Connector)s for TCP,
 //!   Unix sockets and in-memory pipes, keyed by [`Authority`].
+//! - TLS (feature `tls`, rustls with the `ring` provider): `transport::TlsConnector`
+//!   over any connector and `server::TlsListener` over any listening socket, with
+//!   bounded handshakes and names checked; see `docs/tls.md`.
 //! - `testkit` (feature `testkit`, `src/testkit/`): the actor test harness, a probe
 //!   actor and a scripted mock peer, for this crate's tests and yours.
+//! - `metrics` (feature `metrics`, `src/metrics.rs`): pool and connection figures
+//!   (sizes, waiters, connects and their errors, calls in flight, round trips, call
+//!   errors, closes) through the `metrics` facade; names and meanings in
+//!   `docs/metrics.md`. Feature `serde` makes [`PoolConfig`], [`ConnectionConfig`]
+//!   and [`server::ServerConfig`] loadable from files, checked as their builders
+//!   check them (`docs/config.md`).
 //! - Errors: [`CallError`] (why a call failed), [`CloseReason`] (why a connection
 //!   stopped), [`ConnectError`] (why a transport did not open), [`PoolError`] (why a
 //!   checkout failed), [`ConfigError`].
@@ -75,6 +85,10 @@ mod authority;
 pub mod broker;
 mod connection;
 mod error;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod server;

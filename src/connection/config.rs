@@ -8,8 +8,21 @@ use crate::ConfigError;
 ///
 /// Build it with [`ConnectionConfig::builder`]; `build()` checks that the values make
 /// sense together.
+///
+/// With the `serde` feature it can be read from a file (see `docs/config.md`): fields
+/// are named as the builder's setters, durations are written as `"250ms"`, `"5s"` or
+/// `"1m 30s"`, missing fields take their defaults, unknown ones are an error, and the
+/// values are checked as `build()` checks them.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(
+        try_from = "file::ConnectionConfigFile",
+        into = "file::ConnectionConfigFile"
+    )
+)]
 pub struct ConnectionConfig {
     /// Timeout of a call that does not set its own.
     pub(crate) call_timeout: Duration,
@@ -162,5 +175,70 @@ impl ConnectionConfigBuilder {
             ));
         }
         Ok(config)
+    }
+}
+
+/// [`ConnectionConfig`] as a file has it: every field, unchecked. Deserializing a
+/// `ConnectionConfig` reads this and then runs it through the builder, so a file
+/// cannot make a config that `build()` would refuse.
+#[cfg(feature = "serde")]
+mod file {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{ConnectionConfig, ConnectionConfigBuilder};
+    use crate::ConfigError;
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub(super) struct ConnectionConfigFile {
+        #[serde(with = "humantime_serde")]
+        call_timeout: Duration,
+        #[serde(with = "humantime_serde")]
+        heartbeat_interval: Duration,
+        #[serde(with = "humantime_serde")]
+        heartbeat_timeout: Duration,
+        max_in_flight: usize,
+        max_write_buffer: usize,
+        #[serde(with = "humantime_serde")]
+        close_timeout: Duration,
+    }
+
+    impl Default for ConnectionConfigFile {
+        fn default() -> Self {
+            ConnectionConfig::default().into()
+        }
+    }
+
+    impl From<ConnectionConfig> for ConnectionConfigFile {
+        fn from(c: ConnectionConfig) -> Self {
+            Self {
+                call_timeout: c.call_timeout,
+                heartbeat_interval: c.heartbeat_interval,
+                heartbeat_timeout: c.heartbeat_timeout,
+                max_in_flight: c.max_in_flight,
+                max_write_buffer: c.max_write_buffer,
+                close_timeout: c.close_timeout,
+            }
+        }
+    }
+
+    impl TryFrom<ConnectionConfigFile> for ConnectionConfig {
+        type Error = ConfigError;
+
+        fn try_from(f: ConnectionConfigFile) -> Result<Self, ConfigError> {
+            ConnectionConfigBuilder {
+                config: ConnectionConfig {
+                    call_timeout: f.call_timeout,
+                    heartbeat_interval: f.heartbeat_interval,
+                    heartbeat_timeout: f.heartbeat_timeout,
+                    max_in_flight: f.max_in_flight,
+                    max_write_buffer: f.max_write_buffer,
+                    close_timeout: f.close_timeout,
+                },
+            }
+            .build()
+        }
     }
 }

@@ -144,6 +144,8 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
         }
         // The mailbox batch that ran before this poll is over.
         act.batch_now = None;
+        let in_flight = act.pending.borrow().waiting();
+        act.metrics.in_flight(in_flight);
         Poll::Pending
     }
 }

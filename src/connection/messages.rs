@@ -142,7 +142,14 @@ impl<P: Protocol> Message for Deliver<P> {
 }
 
 /// What happens to a [`Deliver`] (or a subscriber's message) that does not fit.
+///
+/// In a config file (feature `serde`): `"drop"` or `"close"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Overflow {
     /// Drop the message and count it; the peer stays connected.
     Drop,

@@ -28,6 +28,7 @@ pub use messages::{
 pub(crate) use messages::{Evict, QueueTicket};
 pub(crate) use pending::InFlightGauge;
 
+use crate::metrics::ConnectionMetrics;
 use crate::protocol::{Correlation, Inbound, Protocol};
 use crate::transport::Transport;
 use crate::{CallError, CloseReason, Overload};
@@ -108,6 +109,8 @@ pub struct Connection<T: Transport, P: Protocol> {
     last_load: (usize, usize),
     last_load_report: Instant,
     stats: Counters,
+    /// Figures for the metrics facade (feature `metrics`).
+    metrics: ConnectionMetrics,
     span: tracing::Span,
 }
 
@@ -149,6 +152,7 @@ pub struct ConnectionBuilder<T: Transport, P: Protocol> {
     requests: Option<Recipient<Incoming<P>>>,
     gauge: InFlightGauge,
     id: Option<ConnectionId>,
+    metrics: Option<ConnectionMetrics>,
 }
 
 impl<T: Transport, P: Protocol> fmt::Debug for ConnectionBuilder<T, P> {
@@ -211,6 +215,13 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
         self
     }
 
+    /// The metric handles the connection records with (a Pool's, labelled with the
+    /// authority). Defaults to unlabelled ones of its own.
+    pub(crate) fn metrics(mut self, metrics: ConnectionMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// The actor, not yet started (to start it in another context or arbiter).
     pub fn build(self) -> Connection<T, P> {
         let id = self.id.unwrap_or_else(ConnectionId::next);
@@ -248,6 +259,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             last_load: (0, 0),
             last_load_report: now,
             stats: Counters::default(),
+            metrics: self.metrics.unwrap_or_else(ConnectionMetrics::unpooled),
             span,
         }
     }
@@ -271,6 +283,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             requests: None,
             gauge: InFlightGauge::default(),
             id: None,
+            metrics: None,
         }
     }
 
@@ -392,10 +405,16 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     fn on_frame(&mut self, frame: P::Frame, ctx: &mut Context<Self>) {
         match self.protocol.classify(frame) {
             Inbound::Reply { id, reply } => {
+                let remote = reply.is_err();
                 let result = reply.map_err(CallError::Remote);
                 let matched = self.pending.borrow_mut().complete(id, self.next_id, result);
                 match matched {
-                    Matched::Delivered => self.stats.replies += 1,
+                    Matched::Delivered => {
+                        self.stats.replies += 1;
+                        if remote {
+                            self.metrics.remote_error();
+                        }
+                    }
                     Matched::Late => {
                         self.stats.late_replies += 1;
                         tracing::trace!(parent: &self.span, id, "late reply dropped");
@@ -502,6 +521,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             .timer_deadline
             .min(later(now, self.config.heartbeat_interval));
         tracing::trace!(parent: &self.span, ?rtt, "heartbeat round trip");
+        self.metrics.rtt(rtt);
         for waiter in self.ping_waiters.drain(..) {
             let _ = waiter.send(Ok(rtt));
         }
@@ -526,6 +546,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         let (expired, next_call) = self.pending.borrow_mut().expire(now);
         if expired > 0 {
             self.stats.timeouts += expired;
+            self.metrics.timed_out(expired);
             tracing::debug!(parent: &self.span, expired, "calls timed out");
         }
         if let Some((deadline, after)) = self.closing {
@@ -622,6 +643,8 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         }
         self.gauge.set_closing();
         let failed = self.pending.borrow_mut().fail_all(&reason);
+        self.metrics.failed_by_close(failed);
+        self.metrics.closed(&reason);
         match &reason {
             CloseReason::Closed | CloseReason::Aborted => {
                 tracing::debug!(parent: &self.span, %reason, failed, "connection closed")
@@ -778,7 +801,11 @@ impl<T: Transport, P: Protocol> Handler<Call<P>> for Connection<T, P> {
     /// Encodes the request and files the call; the reply reaches the caller when the
     /// driver reads it, or an error when the call times out or the connection stops.
     fn handle(&mut self, call: Call<P>, _: &mut Context<Self>) -> CallReply<P> {
-        CallReply(self.start_call(call))
+        let written = self.start_call(call);
+        if let Err(error) = &written {
+            self.metrics.call_error(error);
+        }
+        CallReply(written)
     }
 }
 
@@ -789,6 +816,9 @@ impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
     fn handle(&mut self, send: SendFrame<P>, _: &mut Context<Self>) -> SendReply<P> {
         let result = self.admit().and_then(|()| self.write(send.frame));
         self.count_refusal(&result);
+        if let Err(error) = &result {
+            self.metrics.call_error(error);
+        }
         SendReply(result.map(|()| WrittenSend {
             offset: self.encoded_total,
             pending: self.pending.clone(),

@@ -193,11 +193,13 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         let now = Instant::now();
         let id = ConnectionId::next();
         let gauge = InFlightGauge::default();
+        let metrics = group.lock().metrics.connection();
         let mut builder = Connection::builder(io, self.protocol.clone())
             .config(self.connection.clone())
             .peer(group.authority.to_string())
             .events(ctx.address().recipient())
             .gauge(gauge.clone())
+            .metrics(metrics)
             .id(id);
         if let Some(pushes) = &self.pushes {
             builder = builder.pushes(pushes.clone());
@@ -228,6 +230,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         let mut state = group.lock();
         state.connecting -= 1;
         state.members += 1;
+        state.metrics.connected();
         if state.down {
             tracing::info!(parent: &self.span, authority = %group.authority, "authority up again");
         }
@@ -257,6 +260,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         state.connecting -= 1;
         state.failures = state.failures.saturating_add(1);
         state.last_connect_error = Some(error.clone());
+        state.metrics.connect_failed(&error);
         let failures = state.failures;
         tracing::debug!(parent: &self.span, authority = %group.authority, failures, %error, "connect failed");
         if !state.down && failures >= self.config.failure_threshold {
@@ -300,6 +304,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         let flaps = {
             let mut state = tracked.group.lock();
             state.forget(&tracked.member);
+            state.metrics.closed(&reason);
             // A connection that fails soon after it opened (a peer at its client
             // limit, say) is no better than a failed connect: its replacements back
             // off exponentially too, or the pool would reconnect in a tight loop.

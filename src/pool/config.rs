@@ -11,8 +11,19 @@ use crate::ConfigError;
 /// [`PoolConfig::builder`], whose setters document each setting and its default;
 /// `build()` checks that the values make sense together, and a config exists only
 /// once checked. `Debug` shows the values.
+///
+/// With the `serde` feature it can be read from a file (see `docs/config.md`): fields
+/// are named as the builder's setters, durations are written as `"250ms"`, `"5s"` or
+/// `"1m 30s"`, an optional one as `"off"` to turn it off, missing fields take their
+/// defaults, unknown ones are an error, and the values are checked as `build()`
+/// checks them.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(try_from = "file::PoolConfigFile", into = "file::PoolConfigFile")
+)]
 pub struct PoolConfig {
     /// Connections kept open per authority even when nobody uses them.
     pub(crate) min_idle: usize,
@@ -414,5 +425,181 @@ impl PoolConfigBuilder {
             return Err(ConfigError::new("grow_threshold", "must be at least 1"));
         }
         Ok(c)
+    }
+}
+
+/// [`PoolConfig`] as a file has it: every field, unchecked. Deserializing a
+/// `PoolConfig` reads this and then runs it through the builder, so a file cannot
+/// make a config that `build()` would refuse.
+#[cfg(feature = "serde")]
+mod file {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::{PoolConfig, PoolConfigBuilder};
+    use crate::ConfigError;
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub(super) struct PoolConfigFile {
+        min_idle: usize,
+        max_size: usize,
+        max_connections: usize,
+        max_waiters: usize,
+        #[serde(with = "humantime_serde")]
+        checkout_timeout: Duration,
+        #[serde(with = "humantime_serde")]
+        connect_timeout: Duration,
+        #[serde(with = "optional_duration")]
+        test_on_checkout_after: Option<Duration>,
+        #[serde(with = "optional_duration")]
+        health_check_interval: Option<Duration>,
+        #[serde(with = "humantime_serde")]
+        health_check_timeout: Duration,
+        #[serde(with = "optional_duration")]
+        idle_timeout: Option<Duration>,
+        #[serde(with = "optional_duration")]
+        max_lifetime: Option<Duration>,
+        #[serde(with = "humantime_serde")]
+        backoff_base: Duration,
+        #[serde(with = "humantime_serde")]
+        backoff_max: Duration,
+        failure_threshold: u32,
+        grow_threshold: usize,
+        #[serde(with = "humantime_serde")]
+        return_drain_timeout: Duration,
+        reuse: bool,
+        #[serde(with = "humantime_serde")]
+        maintenance_interval: Duration,
+        #[serde(with = "humantime_serde")]
+        shutdown_timeout: Duration,
+    }
+
+    impl Default for PoolConfigFile {
+        fn default() -> Self {
+            PoolConfig::default().into()
+        }
+    }
+
+    impl From<PoolConfig> for PoolConfigFile {
+        fn from(c: PoolConfig) -> Self {
+            Self {
+                min_idle: c.min_idle,
+                max_size: c.max_size,
+                max_connections: c.max_connections,
+                max_waiters: c.max_waiters,
+                checkout_timeout: c.checkout_timeout,
+                connect_timeout: c.connect_timeout,
+                test_on_checkout_after: c.test_on_checkout_after,
+                health_check_interval: c.health_check_interval,
+                health_check_timeout: c.health_check_timeout,
+                idle_timeout: c.idle_timeout,
+                max_lifetime: c.max_lifetime,
+                backoff_base: c.backoff_base,
+                backoff_max: c.backoff_max,
+                failure_threshold: c.failure_threshold,
+                grow_threshold: c.grow_threshold,
+                return_drain_timeout: c.return_drain_timeout,
+                reuse: c.reuse,
+                maintenance_interval: c.maintenance_interval,
+                shutdown_timeout: c.shutdown_timeout,
+            }
+        }
+    }
+
+    impl TryFrom<PoolConfigFile> for PoolConfig {
+        type Error = ConfigError;
+
+        fn try_from(f: PoolConfigFile) -> Result<Self, ConfigError> {
+            PoolConfigBuilder {
+                config: PoolConfig {
+                    min_idle: f.min_idle,
+                    max_size: f.max_size,
+                    max_connections: f.max_connections,
+                    max_waiters: f.max_waiters,
+                    checkout_timeout: f.checkout_timeout,
+                    connect_timeout: f.connect_timeout,
+                    test_on_checkout_after: f.test_on_checkout_after,
+                    health_check_interval: f.health_check_interval,
+                    health_check_timeout: f.health_check_timeout,
+                    idle_timeout: f.idle_timeout,
+                    max_lifetime: f.max_lifetime,
+                    backoff_base: f.backoff_base,
+                    backoff_max: f.backoff_max,
+                    failure_threshold: f.failure_threshold,
+                    grow_threshold: f.grow_threshold,
+                    return_drain_timeout: f.return_drain_timeout,
+                    reuse: f.reuse,
+                    maintenance_interval: f.maintenance_interval,
+                    shutdown_timeout: f.shutdown_timeout,
+                },
+            }
+            .build()
+        }
+    }
+
+    /// An optional duration: `"5s"`, or `"off"` for `None` (TOML has no null; JSON's
+    /// `null` is taken too). Written back as `"off"`, so that a file written from a
+    /// config reads back as the same config rather than as the default.
+    mod optional_duration {
+        use std::fmt;
+        use std::time::Duration;
+
+        use humantime_serde::re::humantime;
+        use serde::de::{self, Deserializer, Visitor};
+        use serde::Serializer;
+
+        const OFF: &str = "off";
+
+        pub(super) fn serialize<S: Serializer>(
+            value: &Option<Duration>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(duration) => serializer.collect_str(&humantime::format_duration(*duration)),
+                None => serializer.serialize_str(OFF),
+            }
+        }
+
+        pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            deserializer.deserialize_any(OptionalDuration)
+        }
+
+        struct OptionalDuration;
+
+        impl<'de> Visitor<'de> for OptionalDuration {
+            type Value = Option<Duration>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\" or \"10m\", or \"off\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                if text == OFF {
+                    return Ok(None);
+                }
+                humantime::parse_duration(text)
+                    .map(Some)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Str(text), &self))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Self::Value, D::Error> {
+                deserializer.deserialize_any(self)
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! the lock held), and the counts add up: `members == idle + leased + busy`.
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use super::messages::{CheckoutStats, Demand, Detached, Returned, ReturnedBecause
 use super::Spread;
 use super::{Pool, PoolConfig};
 use crate::connection::InFlightGauge;
+use crate::metrics::{PoolFigures, PoolMetrics};
 use crate::protocol::Protocol;
 use crate::transport::Connector;
 use crate::{Abort, Authority, ConnectError, Connection, ConnectionId, Ping, PoolError};
@@ -126,6 +128,7 @@ enum Waiter<C: Connector, P: Protocol> {
     },
     Shared {
         id: u64,
+        since: Instant,
         tx: oneshot::Sender<Result<SharedConnection<C, P>, PoolError>>,
     },
 }
@@ -200,6 +203,9 @@ pub(crate) struct GroupState<C: Connector, P: Protocol> {
     /// Shared use found every connection past the grow threshold.
     pub(crate) grow_wanted: bool,
     pub(crate) counters: CheckoutStats,
+    /// The authority's metric handles and what they were last told (feature
+    /// `metrics`; published as the lock is released, see `GroupGuard`).
+    pub(crate) metrics: PoolMetrics,
 }
 
 impl<C: Connector, P: Protocol> GroupState<C, P> {
@@ -494,6 +500,59 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         self.members -= 1;
         member.set_place(Place::Gone);
     }
+
+    /// The sizes and counts the metrics show.
+    fn figures(&self) -> PoolFigures {
+        let shared = self
+            .idle
+            .iter()
+            .filter(|idle| idle.member.shared.load(Ordering::Relaxed))
+            .count();
+        PoolFigures {
+            idle: self.idle.len() - shared,
+            shared,
+            leased: self.leased,
+            busy: self.busy,
+            connecting: self.connecting,
+            waiters: self.waiters.len(),
+            down: self.down,
+            direct: self.counters.direct,
+            waited: self.counters.waited,
+            shared_checkouts: self.counters.shared,
+            timed_out: self.counters.timed_out,
+            refused: self.counters.refused,
+            failed: self.counters.failed,
+        }
+    }
+}
+
+/// The lock on a group's state. Every change to the state is made through one, so
+/// releasing it is where the metrics learn of changes (feature `metrics`): they are
+/// told before the lock is released, so they hear of changes in the order they were
+/// made.
+pub(crate) struct GroupGuard<'a, C: Connector, P: Protocol>(MutexGuard<'a, GroupState<C, P>>);
+
+impl<C: Connector, P: Protocol> Deref for GroupGuard<'_, C, P> {
+    type Target = GroupState<C, P>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<C: Connector, P: Protocol> DerefMut for GroupGuard<'_, C, P> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<C: Connector, P: Protocol> Drop for GroupGuard<'_, C, P> {
+    fn drop(&mut self) {
+        if crate::metrics::ENABLED {
+            let figures = self.0.figures();
+            self.0.metrics.publish(figures);
+        }
+    }
 }
 
 /// What a checkout got on its first look.
@@ -534,7 +593,6 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         max_size: usize,
     ) -> Self {
         Self {
-            authority,
             pool,
             state: Mutex::new(GroupState {
                 idle: Vec::new(),
@@ -558,15 +616,17 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 demand_signalled: false,
                 grow_wanted: false,
                 counters: CheckoutStats::default(),
+                metrics: PoolMetrics::new(&authority),
             }),
+            authority,
             config,
         }
     }
 
     /// The group's state. Nothing that locks it again (dropping a `Lease`, above all)
     /// may run while the guard is held; a panic elsewhere does not poison it for good.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, GroupState<C, P>> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn lock(&self) -> GroupGuard<'_, C, P> {
+        GroupGuard(self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Checks out a connection: an idle one at once, else the longest waiter gets the
@@ -784,7 +844,11 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         }
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let id = state.push_waiter(|id| Waiter::Shared { id, tx });
+        let id = state.push_waiter(|id| Waiter::Shared {
+            id,
+            since: started,
+            tx,
+        });
         self.signal_demand(&mut state);
         Ok(Shared::Queued(id, rx, started))
     }
@@ -834,19 +898,23 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 break;
             };
             match waiter {
-                Waiter::Shared { tx, .. } => {
+                Waiter::Shared { tx, since, .. } => {
                     member.shared.store(true, Ordering::Relaxed);
                     state.counters.shared += 1;
                     let shared = SharedConnection::new(member.clone(), self.authority.clone());
-                    drop(tx.send(Ok(shared)));
+                    if tx.send(Ok(shared)).is_ok() {
+                        state.metrics.checkout_waited(since.elapsed());
+                    }
                 }
                 Waiter::Exclusive { tx, since, .. } => {
                     member.set_place(Place::Leased);
                     state.leased += 1;
                     match tx.send(Ok(Lease::new(self.clone(), member))) {
                         Ok(()) => {
+                            let waited = since.elapsed();
                             state.counters.waited += 1;
-                            state.counters.wait_time += since.elapsed();
+                            state.counters.wait_time += waited;
+                            state.metrics.checkout_waited(waited);
                             return None;
                         }
                         // The waiter gave up just now: take the member back without

@@ -12,9 +12,13 @@
 //!   protocols such as RESP). The Connection keeps a queue; a heartbeat ping takes a
 //!   place in it like any call.
 //!
+//! Built in: [`frame`], a compact length-prefixed binary protocol, and [`resp`],
+//! Redis's RESP2/RESP3 (in-order replies, pub/sub pushes, the `HELLO` handshake).
+//!
 //! [`Connection`]: crate::Connection
 
 pub mod frame;
+pub mod resp;
 
 use std::fmt;
 use std::sync::Arc;

@@ -131,8 +131,19 @@ pub struct ServerStats {
 }
 
 /// The limits and policies of a [`ServerBroker`].
+///
+/// With the `serde` feature it can be read from a file (see `docs/config.md`): fields
+/// are named as the setters, `handler_timeout` is written as `"30s"`,
+/// `slow_subscriber` as `"close"` or `"drop"`, missing fields take their defaults,
+/// unknown ones are an error, and the values are checked as
+/// [`validate`](Self::validate) checks them.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize, serde::Serialize),
+    serde(try_from = "file::ServerConfigFile", into = "file::ServerConfigFile")
+)]
 pub struct ServerConfig {
     pub(crate) subscriber_queue: usize,
     pub(crate) slow_subscriber: Overflow,
@@ -242,6 +253,72 @@ impl ServerConfig {
             }
         }
         Ok(self)
+    }
+}
+
+/// [`ServerConfig`] as a file has it: every field, unchecked. Deserializing a
+/// `ServerConfig` reads this and then validates it, so a file cannot make a config
+/// that [`ServerConfig::validate`] would refuse.
+#[cfg(feature = "serde")]
+mod file {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    use super::ServerConfig;
+    use crate::{ConfigError, Overflow};
+
+    #[derive(Deserialize, Serialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub(super) struct ServerConfigFile {
+        subscriber_queue: usize,
+        slow_subscriber: Overflow,
+        replay_window: usize,
+        max_topics: usize,
+        max_requests_per_connection: usize,
+        #[serde(with = "humantime_serde")]
+        handler_timeout: Duration,
+        producer_fences: usize,
+        mailbox: usize,
+    }
+
+    impl Default for ServerConfigFile {
+        fn default() -> Self {
+            ServerConfig::default().into()
+        }
+    }
+
+    impl From<ServerConfig> for ServerConfigFile {
+        fn from(c: ServerConfig) -> Self {
+            Self {
+                subscriber_queue: c.subscriber_queue,
+                slow_subscriber: c.slow_subscriber,
+                replay_window: c.replay_window,
+                max_topics: c.max_topics,
+                max_requests_per_connection: c.max_requests_per_connection,
+                handler_timeout: c.handler_timeout,
+                producer_fences: c.producer_fences,
+                mailbox: c.mailbox,
+            }
+        }
+    }
+
+    impl TryFrom<ServerConfigFile> for ServerConfig {
+        type Error = ConfigError;
+
+        fn try_from(f: ServerConfigFile) -> Result<Self, ConfigError> {
+            ServerConfig {
+                subscriber_queue: f.subscriber_queue,
+                slow_subscriber: f.slow_subscriber,
+                replay_window: f.replay_window,
+                max_topics: f.max_topics,
+                max_requests_per_connection: f.max_requests_per_connection,
+                handler_timeout: f.handler_timeout,
+                producer_fences: f.producer_fences,
+                mailbox: f.mailbox,
+            }
+            .validate()
+        }
     }
 }
 

@@ -26,12 +26,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{Authority, ConnectError};
 
 pub use memory::{MemoryConnector, MemoryListener, MemoryNetwork};
-pub use tcp::{TcpConnector, UnixConnector};
-#[cfg(feature = "tls")]
-pub use tls::{tls_client_config, TlsConnector};
 /// The rustls version this crate's TLS is built on, for building configs.
 #[cfg(feature = "tls")]
 pub use rustls;
+pub use tcp::{TcpConnector, UnixConnector};
+#[cfg(feature = "tls")]
+pub use tls::{tls_client_config, TlsConnector};
 
 /// A byte stream a [`Connection`](crate::Connection) can own.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + 'static {}
