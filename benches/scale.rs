@@ -243,11 +243,7 @@ impl Drop for Proc {
 /// Starts a server child on `port` (0: any) for `n` connections; returns it with
 /// the port it listens on.
 fn start_server(port: u16, n: usize) -> BenchResult<(Proc, u16)> {
-    let mut server = Proc::spawn(&[
-        "--scale-server".to_owned(),
-        port.to_string(),
-        n.to_string(),
-    ])?;
+    let mut server = Proc::spawn(&["--scale-server".to_owned(), port.to_string(), n.to_string()])?;
     loop {
         let line = server.next_line()?;
         if let Some(port) = line.strip_prefix("READY ") {
@@ -413,11 +409,7 @@ fn mark<'a>(marks: &'a HashMap<String, Mark>, step: &str) -> BenchResult<&'a Mar
         .ok_or_else(|| format!("the client never reached {step}").into())
 }
 
-fn idle_figures(
-    system: System,
-    n: usize,
-    marks: &HashMap<String, Mark>,
-) -> BenchResult<Idle> {
+fn idle_figures(system: System, n: usize, marks: &HashMap<String, Mark>) -> BenchResult<Idle> {
     let base = mark(marks, "base")?;
     let start = mark(marks, "window-start")?;
     let end = mark(marks, "window-end")?;
@@ -746,7 +738,11 @@ mod client {
     }
 
     /// Polls `done` every few milliseconds until it holds or `limit` passes.
-    async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> BenchResult<()> {
+    async fn wait_for(
+        what: &str,
+        limit: Duration,
+        mut done: impl FnMut() -> bool,
+    ) -> BenchResult<()> {
         let deadline = Instant::now() + limit;
         while !done() {
             if Instant::now() >= deadline {
@@ -808,7 +804,10 @@ mod client {
         }
     }
 
-    async fn members(pool: &PoolHandle<TcpConnector, FrameProtocol>, authority: &Authority) -> BenchResult<switchboard::pool::AuthorityStatus> {
+    async fn members(
+        pool: &PoolHandle<TcpConnector, FrameProtocol>,
+        authority: &Authority,
+    ) -> BenchResult<switchboard::pool::AuthorityStatus> {
         let status = pool.status().await?;
         status
             .authority(authority)
@@ -903,7 +902,10 @@ mod client {
                 .filter(|(id, _, _)| originals.contains(id))
                 .count()
         };
-        wait_for("blackhole detected", bound, || gone(&log.borrow()) >= originals.len()).await?;
+        wait_for("blackhole detected", bound, || {
+            gone(&log.borrow()) >= originals.len()
+        })
+        .await?;
         let (mut detect_ms, by_heartbeat) = {
             let log = log.borrow();
             let mut by_heartbeat = 0;

@@ -16,6 +16,7 @@ use actix::dev::{MessageResponse, OneshotSender};
 use actix::{
     Actor, ActorContext, AsyncContext, Context, Handler, MessageResult, Recipient, ResponseFuture,
 };
+use bytes::BytesMut;
 use futures::Sink;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -34,6 +35,15 @@ use crate::transport::Transport;
 use crate::{CallError, CloseReason, Overload};
 use driver::Driver;
 use pending::{Matched, PendingCalls};
+
+/// Bytes each of a connection's read and write buffers starts with. An idle
+/// connection needs little more (a heartbeat is a few dozen bytes); a busy one grows
+/// its buffers on demand, doubling, and the read side keeps extra spare room while
+/// it stays busy (see the driver).
+const INITIAL_BUFFER: usize = 512;
+/// An empty buffer larger than this is replaced by a fresh [`INITIAL_BUFFER`] one at
+/// the next heartbeat-cadence check, so that memory grown by a burst is given back.
+const IDLE_BUFFER_LIMIT: usize = 4 * 1024;
 
 /// One connection to a peer: an actor that owns a framed transport, correlates replies
 /// with calls, keeps the link alive with heartbeats and bounds what it holds. Start one
@@ -232,7 +242,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
         Connection {
             id,
             peer,
-            framed: Framed::new(self.io, self.protocol.codec()),
+            framed: Framed::with_capacity(self.io, self.protocol.codec(), INITIAL_BUFFER),
             protocol: self.protocol,
             pending: Rc::new(RefCell::new(PendingCalls::new(
                 correlation,
@@ -598,12 +608,15 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         Some(next)
     }
 
+    /// Housekeeping at heartbeat cadence: reports the load if it changed and gives
+    /// back buffers grown by a burst that is over.
     fn report_load(&mut self, now: Instant) {
         // Timer firings follow call deadlines too; report at heartbeat cadence only.
         if now < later(self.last_load_report, self.config.heartbeat_interval) {
             return;
         }
         self.last_load_report = now;
+        self.shrink_buffers();
         let load = (
             self.pending.borrow().waiting(),
             self.framed.write_buffer().len(),
@@ -615,6 +628,22 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                 in_flight: load.0,
                 buffered_write_bytes: load.1,
             });
+        }
+    }
+
+    /// Replaces an empty read or write buffer that grew past [`IDLE_BUFFER_LIMIT`]
+    /// with a small one, so that a connection that once carried a burst costs an
+    /// idle one's memory again. A buffer holding bytes is left alone; a busy
+    /// connection grows its buffer again at once, at the price of one allocation per
+    /// heartbeat interval.
+    fn shrink_buffers(&mut self) {
+        let read = self.framed.read_buffer_mut();
+        if read.is_empty() && read.capacity() > IDLE_BUFFER_LIMIT {
+            *read = BytesMut::with_capacity(INITIAL_BUFFER);
+        }
+        let write = self.framed.write_buffer_mut();
+        if write.is_empty() && write.capacity() > IDLE_BUFFER_LIMIT {
+            *write = BytesMut::with_capacity(INITIAL_BUFFER);
         }
     }
 
