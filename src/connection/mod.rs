@@ -36,13 +36,13 @@ use crate::{CallError, CloseReason, Overload};
 use driver::Driver;
 use pending::{Matched, PendingCalls};
 
-/// Bytes each of a connection's read and write buffers starts with. An idle
-/// connection needs little more (a heartbeat is a few dozen bytes); a busy one grows
-/// its buffers on demand, doubling, and the read side keeps extra spare room while
-/// it stays busy (see the driver).
-const INITIAL_BUFFER: usize = 512;
-/// An empty buffer larger than this is replaced by a fresh [`INITIAL_BUFFER`] one at
-/// the next heartbeat-cadence check, so that memory grown by a burst is given back.
+/// Bytes a connection's read buffer starts with; its write buffer starts empty and
+/// allocates on the first write. An idle connection needs little more (a heartbeat
+/// is a few dozen bytes); a busy one grows its buffers on demand, doubling, and the
+/// read side keeps extra spare room while it stays busy (see the driver).
+const INITIAL_READ_BUFFER: usize = 512;
+/// An empty buffer larger than this is replaced by a small one at the next
+/// heartbeat-cadence check, so that memory grown by a burst is given back.
 const IDLE_BUFFER_LIMIT: usize = 4 * 1024;
 
 /// One connection to a peer: an actor that owns a framed transport, correlates replies
@@ -121,6 +121,8 @@ pub struct Connection<T: Transport, P: Protocol> {
     stats: Counters,
     /// Figures for the metrics facade (feature `metrics`).
     metrics: ConnectionMetrics,
+    /// Whether each heartbeat round trip is sent as [`ConnectionEvent::Rtt`].
+    rtt_events: bool,
     span: tracing::Span,
 }
 
@@ -163,6 +165,7 @@ pub struct ConnectionBuilder<T: Transport, P: Protocol> {
     gauge: InFlightGauge,
     id: Option<ConnectionId>,
     metrics: Option<ConnectionMetrics>,
+    rtt_events: bool,
 }
 
 impl<T: Transport, P: Protocol> fmt::Debug for ConnectionBuilder<T, P> {
@@ -232,6 +235,13 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
         self
     }
 
+    /// Leaves out [`ConnectionEvent::Rtt`]: for a Pool, which reads round trips from
+    /// the gauge instead of taking a message per heartbeat from each connection.
+    pub(crate) fn without_rtt_events(mut self) -> Self {
+        self.rtt_events = false;
+        self
+    }
+
     /// The actor, not yet started (to start it in another context or arbiter).
     pub fn build(self) -> Connection<T, P> {
         let id = self.id.unwrap_or_else(ConnectionId::next);
@@ -242,7 +252,13 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
         Connection {
             id,
             peer,
-            framed: Framed::with_capacity(self.io, self.protocol.codec(), INITIAL_BUFFER),
+            framed: {
+                let mut framed =
+                    Framed::with_capacity(self.io, self.protocol.codec(), INITIAL_READ_BUFFER);
+                // Written only when there is something to write.
+                *framed.write_buffer_mut() = BytesMut::new();
+                framed
+            },
             protocol: self.protocol,
             pending: Rc::new(RefCell::new(PendingCalls::new(
                 correlation,
@@ -270,6 +286,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             last_load_report: now,
             stats: Counters::default(),
             metrics: self.metrics.unwrap_or_else(ConnectionMetrics::unpooled),
+            rtt_events: self.rtt_events,
             span,
         }
     }
@@ -294,6 +311,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             gauge: InFlightGauge::default(),
             id: None,
             metrics: None,
+            rtt_events: true,
         }
     }
 
@@ -527,6 +545,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         let rtt = now - sent_at;
         self.ping = None;
         self.rtt = Some(rtt);
+        self.gauge.set_rtt(rtt);
         self.timer_deadline = self
             .timer_deadline
             .min(later(now, self.config.heartbeat_interval));
@@ -535,7 +554,9 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         for waiter in self.ping_waiters.drain(..) {
             let _ = waiter.send(Ok(rtt));
         }
-        self.emit(ConnectionEvent::Rtt { id: self.id, rtt });
+        if self.rtt_events {
+            self.emit(ConnectionEvent::Rtt { id: self.id, rtt });
+        }
     }
 
     fn send_ping(&mut self, now: Instant) -> Result<(), CallError> {
@@ -639,11 +660,11 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     fn shrink_buffers(&mut self) {
         let read = self.framed.read_buffer_mut();
         if read.is_empty() && read.capacity() > IDLE_BUFFER_LIMIT {
-            *read = BytesMut::with_capacity(INITIAL_BUFFER);
+            *read = BytesMut::with_capacity(INITIAL_READ_BUFFER);
         }
         let write = self.framed.write_buffer_mut();
         if write.is_empty() && write.capacity() > IDLE_BUFFER_LIMIT {
-            *write = BytesMut::with_capacity(INITIAL_BUFFER);
+            *write = BytesMut::new();
         }
     }
 

@@ -14,7 +14,7 @@
 //! anything else runs on the actor.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -306,8 +306,8 @@ impl<R> PendingCalls<R> {
     }
 }
 
-/// A connection's count of calls awaiting replies, and whether it is closing,
-/// readable from any thread.
+/// A connection's count of calls awaiting replies, whether it is closing and its
+/// last heartbeat round trip, readable from any thread.
 ///
 /// Only the connection writes it (a plain store per change, no read-modify-write), so
 /// keeping it costs the hot path next to nothing.
@@ -318,6 +318,8 @@ pub(crate) struct InFlightGauge(Arc<GaugeValues>);
 struct GaugeValues {
     in_flight: AtomicUsize,
     closing: AtomicBool,
+    /// The last heartbeat round trip in nanoseconds; 0 until one completed.
+    rtt_nanos: AtomicU64,
 }
 
 impl InFlightGauge {
@@ -336,5 +338,18 @@ impl InFlightGauge {
 
     pub(crate) fn set_closing(&self) {
         self.0.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// The last heartbeat round trip, if one completed.
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        match self.0.rtt_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    pub(crate) fn set_rtt(&self, rtt: Duration) {
+        let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.0.rtt_nanos.store(nanos, Ordering::Relaxed);
     }
 }

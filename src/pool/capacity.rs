@@ -196,11 +196,12 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         let metrics = group.lock().metrics.connection();
         let mut builder = Connection::builder(io, self.protocol.clone())
             .config(self.connection.clone())
-            .peer(group.authority.to_string())
+            .peer(group.peer.clone())
             .events(ctx.address().recipient())
             .gauge(gauge.clone())
             .metrics(metrics)
-            .id(id);
+            .id(id)
+            .without_rtt_events();
         if let Some(pushes) = &self.pushes {
             builder = builder.pushes(pushes.clone());
         }
@@ -221,7 +222,6 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             Tracked {
                 member: member.clone(),
                 group: group.clone(),
-                rtt: None,
             },
         );
         self.counters.created += 1;

@@ -579,6 +579,8 @@ enum Shared<C: Connector, P: Protocol> {
 /// One authority's connections; shared by the Pool actor, its handles and leases.
 pub(crate) struct Group<C: Connector, P: Protocol> {
     pub(crate) authority: Authority,
+    /// The authority as each connection names its peer, shared by all of them.
+    pub(crate) peer: Arc<str>,
     pub(crate) config: Arc<PoolConfig>,
     pub(crate) pool: Addr<Pool<C, P>>,
     state: Mutex<GroupState<C, P>>,
@@ -618,6 +620,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 counters: CheckoutStats::default(),
                 metrics: PoolMetrics::new(&authority),
             }),
+            peer: Arc::from(authority.to_string()),
             authority,
             config,
         }

@@ -196,7 +196,6 @@ pub struct Pool<C: Connector, P: Protocol> {
 struct Tracked<C: Connector, P: Protocol> {
     member: Arc<Member<C, P>>,
     group: Arc<Group<C, P>>,
-    rtt: Option<Duration>,
 }
 
 /// A connection the actor holds out of circulation for a while.
@@ -512,15 +511,11 @@ impl<C: Connector, P: Protocol> Handler<Detached> for Pool<C, P> {
 impl<C: Connector, P: Protocol> Handler<ConnectionEvent> for Pool<C, P> {
     type Result = ();
 
-    /// Learns round trips, and counts out and replaces connections that closed.
+    /// Counts out and replaces connections that closed, and forwards the life events.
+    /// (Pooled connections send no `Rtt`: the pool reads round trips from their
+    /// gauges.)
     fn handle(&mut self, event: ConnectionEvent, ctx: &mut Context<Self>) {
         let forward = match &event {
-            ConnectionEvent::Rtt { id, rtt } => {
-                if let Some(tracked) = self.tracked.get_mut(id) {
-                    tracked.rtt = Some(*rtt);
-                }
-                false
-            }
             ConnectionEvent::Closed { id, reason } => {
                 self.on_closed(*id, reason.clone(), ctx);
                 true

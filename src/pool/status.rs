@@ -36,7 +36,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                         id: tracked.member.id,
                         state,
                         in_flight: tracked.member.gauge.get(),
-                        rtt: tracked.rtt,
+                        rtt: tracked.member.gauge.rtt(),
                         age: now - tracked.member.created,
                     })
                 })
