@@ -5,11 +5,7 @@ use super::*;
 
 impl<C: Connector, P: Protocol> Pool<C, P> {
     /// The group of `authority`, created (and filled to `min_idle`) if new.
-    pub(super) fn group_for(
-        &mut self,
-        authority: &Authority,
-        ctx: &mut Context<Self>,
-    ) -> Arc<Group<C, P>> {
+    pub(super) fn group_for(&mut self, authority: &Authority) -> Arc<Group<C, P>> {
         if let Some(group) = self.registry.get(authority) {
             return group;
         }
@@ -23,7 +19,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         group.lock().phase = self.phase;
         self.registry.insert(group.clone());
         tracing::debug!(parent: &self.span, %authority, "authority registered");
-        self.replenish(&group, Duration::ZERO, ctx);
+        self.replenish(&group, Duration::ZERO);
         group
     }
 
@@ -41,12 +37,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
 
     /// Opens what `group` wants, within its `max_size` and the pool's
     /// `max_connections`, after `delay` (or the backoff, after failures).
-    pub(super) fn replenish(
-        &mut self,
-        group: &Arc<Group<C, P>>,
-        delay: Duration,
-        ctx: &mut Context<Self>,
-    ) {
+    pub(super) fn replenish(&mut self, group: &Arc<Group<C, P>>, delay: Duration) {
         let global_room = self
             .config
             .max_connections
@@ -59,7 +50,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             state.connecting += 1;
             let delay = self.backoff(state.failures);
             drop(state);
-            self.open(group.clone(), delay, ctx);
+            self.open(group.clone(), delay);
             return;
         }
         let count = state.wanted().min(state.room()).min(global_room);
@@ -83,7 +74,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         state.connecting += count;
         drop(state);
         for _ in 0..count {
-            self.open(group.clone(), delay, ctx);
+            self.open(group.clone(), delay);
         }
     }
 
@@ -120,9 +111,9 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         }
     }
 
-    pub(super) fn replenish_all(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn replenish_all(&mut self) {
         for group in self.registry.all() {
-            self.replenish(&group, Duration::ZERO, ctx);
+            self.replenish(&group, Duration::ZERO);
         }
     }
 
@@ -139,32 +130,30 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
     }
 
     /// Starts one connect attempt (already counted in `connecting`).
-    pub(super) fn open(
-        &mut self,
-        group: Arc<Group<C, P>>,
-        delay: Duration,
-        ctx: &mut Context<Self>,
-    ) {
+    pub(super) fn open(&mut self, group: Arc<Group<C, P>>, delay: Duration) {
+        let Some(report) = self.attempt_tx.clone() else {
+            // Not started: `started` opens what is wanted.
+            group.lock().connecting -= 1;
+            return;
+        };
         let connector = self.connector.clone();
-        let authority = group.authority.clone();
         let timeout = self.config.connect_timeout;
-        let attempt = async move {
+        self.attempts.spawn_local(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            match tokio::time::timeout(timeout, connector.connect(&authority)).await {
+            let authority = group.authority.clone();
+            let result = match tokio::time::timeout(timeout, connector.connect(&authority)).await {
                 Ok(result) => result,
                 Err(_) => Err(ConnectError::Timeout {
                     authority,
                     after: timeout,
                 }),
-            }
-        };
-        ctx.spawn(
-            attempt
-                .into_actor(self)
-                .map(move |result, pool, ctx| pool.on_connect(group, result, ctx)),
-        );
+            };
+            // Fails only if the pool restarted or stopped since: the connection closes
+            // as it drops.
+            let _ = report.send(Attempt { group, result });
+        });
     }
 
     pub(super) fn on_connect(
@@ -175,7 +164,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
     ) {
         match result {
             Ok(io) => self.on_connected(group, io, ctx),
-            Err(error) => self.on_connect_failed(group, error, ctx),
+            Err(error) => self.on_connect_failed(group, error),
         }
     }
 
@@ -246,15 +235,10 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         // A replacement for an expired member may let it go now.
         self.maintain_group(&group, now, ctx);
         self.answer_ready(&group.authority);
-        self.replenish(&group, Duration::ZERO, ctx);
+        self.replenish(&group, Duration::ZERO);
     }
 
-    pub(super) fn on_connect_failed(
-        &mut self,
-        group: Arc<Group<C, P>>,
-        error: ConnectError,
-        ctx: &mut Context<Self>,
-    ) {
+    pub(super) fn on_connect_failed(&mut self, group: Arc<Group<C, P>>, error: ConnectError) {
         self.counters.connect_failures += 1;
         let mut state = group.lock();
         state.connecting -= 1;
@@ -285,9 +269,9 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         self.fail_ready(&group.authority, &error);
         if probe {
             let delay = self.backoff(failures);
-            self.open(group, delay, ctx);
+            self.open(group, delay);
         } else {
-            self.replenish(&group, Duration::ZERO, ctx);
+            self.replenish(&group, Duration::ZERO);
         }
     }
 
@@ -331,11 +315,11 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         } else {
             jitter(self.config.backoff_base)
         };
-        self.replenish(&tracked.group, delay, ctx);
+        self.replenish(&tracked.group, delay);
         // Other authorities may have waited for room under `max_connections`; only
         // then is it worth looking at all of them.
         if self.total_open() + 1 >= self.config.max_connections {
-            self.replenish_all(ctx);
+            self.replenish_all();
         }
         self.check_shutdown(ctx);
     }

@@ -56,7 +56,7 @@ use std::time::Duration;
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
-    MessageResult, Recipient, ResponseFuture, SpawnHandle, Supervised, WrapFuture,
+    MessageResult, Recipient, ResponseFuture, SpawnHandle, StreamHandler, Supervised, WrapFuture,
 };
 use futures::future::Either;
 use rustc_hash::FxHashMap;
@@ -189,7 +189,26 @@ pub struct Pool<C: Connector, P: Protocol> {
     suspects: rustc_hash::FxHashSet<ConnectionId>,
     shutdown: Option<Shutdown>,
     counters: PoolCounters,
+    /// Connect attempts under way, each a task of its own (see [`Attempt`]); aborted
+    /// when the pool restarts or drops.
+    attempts: tokio::task::JoinSet<()>,
+    /// Where attempts report; replaced with the stream it feeds at each (re)start.
+    attempt_tx: Option<tokio::sync::mpsc::UnboundedSender<Attempt<C, P>>>,
     span: tracing::Span,
+}
+
+/// The outcome of one connect attempt, sent back to the pool by the attempt's task.
+///
+/// Attempts run as tasks of their own rather than as futures in the pool's context:
+/// an actix context polls every future it holds whenever any one of them wakes, so
+/// with thousands of connects under way (a pool filling to `min_idle`, or refilling
+/// after a restart of its peer) each wake-up would cost thousands of polls. Their
+/// outcomes come back through one unbounded channel, which holds at most one
+/// message per attempt, and attempts are bounded by `max_size` and
+/// `max_connections`.
+pub(crate) struct Attempt<C: Connector, P: Protocol> {
+    group: Arc<group::Group<C, P>>,
+    result: Result<C::Io, ConnectError>,
 }
 
 /// A connection the actor knows, with what its events told.
@@ -257,6 +276,8 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             suspects: Default::default(),
             shutdown: None,
             counters: PoolCounters::default(),
+            attempts: tokio::task::JoinSet::new(),
+            attempt_tx: None,
             span: tracing::debug_span!("pool"),
         }
     }
@@ -299,13 +320,18 @@ impl<C: Connector, P: Protocol> Actor for Pool<C, P> {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Handles send `Register` and `Checkout` with `send`; room for bursts.
         ctx.set_mailbox_capacity(1024);
+        // A fresh channel at each (re)start: attempts of a context that is gone report
+        // to a receiver that is gone, and their connections close as they drop.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.attempt_tx = Some(tx);
+        ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
         ctx.run_interval(self.config.maintenance_interval, |pool, ctx| {
             pool.maintain(ctx)
         });
         for authority in self.initial.clone() {
-            self.group_for(&authority, ctx);
+            self.group_for(&authority);
         }
-        self.replenish_all(ctx);
+        self.replenish_all();
         self.arm_drain_tick(ctx);
         tracing::debug!(parent: &self.span, "pool started");
     }
@@ -331,6 +357,7 @@ impl<C: Connector, P: Protocol> Supervised for Pool<C, P> {
         tracing::info!(parent: &self.span, "pool restarting");
         self.phase = Phase::Open;
         self.drain_tick = None;
+        self.attempts.abort_all();
         for group in self.registry.all() {
             let mut state = group.lock();
             state.phase = Phase::Open;
@@ -392,11 +419,11 @@ impl<C: Connector, P: Protocol> Handler<Checkout<C, P>> for Pool<C, P> {
     type Result = CheckoutReply<Lease<C, P>>;
 
     /// Checks out a connection (waiting in line if none is idle).
-    fn handle(&mut self, checkout: Checkout<C, P>, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, checkout: Checkout<C, P>, _: &mut Context<Self>) -> Self::Result {
         if let Err(error) = self.refuse() {
             return CheckoutReply(Box::pin(async move { Err(error) }));
         }
-        let group = self.group_for(&checkout.authority, ctx);
+        let group = self.group_for(&checkout.authority);
         CheckoutReply(Box::pin(
             async move { group.checkout(checkout.timeout).await },
         ))
@@ -407,11 +434,11 @@ impl<C: Connector, P: Protocol> Handler<CheckoutShared<C, P>> for Pool<C, P> {
     type Result = CheckoutReply<SharedConnection<C, P>>;
 
     /// Hands out the least loaded connection for shared use.
-    fn handle(&mut self, checkout: CheckoutShared<C, P>, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, checkout: CheckoutShared<C, P>, _: &mut Context<Self>) -> Self::Result {
         if let Err(error) = self.refuse() {
             return CheckoutReply(Box::pin(async move { Err(error) }));
         }
-        let group = self.group_for(&checkout.authority, ctx);
+        let group = self.group_for(&checkout.authority);
         CheckoutReply(Box::pin(async move {
             group.shared(checkout.timeout, Spread::LeastLoaded).await
         }))
@@ -422,9 +449,9 @@ impl<C: Connector, P: Protocol> Handler<Register<C, P>> for Pool<C, P> {
     type Result = Result<Arc<Group<C, P>>, PoolError>;
 
     /// Finds or creates an authority's group for a handle.
-    fn handle(&mut self, register: Register<C, P>, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, register: Register<C, P>, _: &mut Context<Self>) -> Self::Result {
         self.refuse()?;
-        Ok(self.group_for(&register.authority, ctx))
+        Ok(self.group_for(&register.authority))
     }
 }
 
@@ -432,13 +459,13 @@ impl<C: Connector, P: Protocol> Handler<AwaitReady> for Pool<C, P> {
     type Result = ResponseFuture<Result<(), PoolError>>;
 
     /// Resolves once the authority has `min_idle` connections, or with a connect error.
-    fn handle(&mut self, ready: AwaitReady, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, ready: AwaitReady, _: &mut Context<Self>) -> Self::Result {
         if let Err(error) = self.refuse() {
             return Box::pin(async move { Err(error) });
         }
         let (tx, rx) = oneshot::channel();
         self.ready.push((ready.authority.clone(), tx));
-        self.group_for(&ready.authority, ctx);
+        self.group_for(&ready.authority);
         self.answer_ready(&ready.authority);
         Box::pin(async move { rx.await.unwrap_or(Err(PoolError::Closed)) })
     }
@@ -448,8 +475,8 @@ impl<C: Connector, P: Protocol> Handler<Demand<C, P>> for Pool<C, P> {
     type Result = ();
 
     /// Opens connections for checkouts that are waiting.
-    fn handle(&mut self, demand: Demand<C, P>, ctx: &mut Context<Self>) {
-        self.replenish(&demand.group, Duration::ZERO, ctx);
+    fn handle(&mut self, demand: Demand<C, P>, _: &mut Context<Self>) {
+        self.replenish(&demand.group, Duration::ZERO);
     }
 }
 
@@ -508,6 +535,18 @@ impl<C: Connector, P: Protocol> Handler<Detached> for Pool<C, P> {
     }
 }
 
+impl<C: Connector, P: Protocol> StreamHandler<Attempt<C, P>> for Pool<C, P> {
+    fn handle(&mut self, attempt: Attempt<C, P>, ctx: &mut Context<Self>) {
+        // Forget the tasks that finished (this one, and any before it).
+        while self.attempts.try_join_next().is_some() {}
+        self.on_connect(attempt.group, attempt.result, ctx);
+    }
+
+    /// The pool holds the sender, so the stream never ends while it lives; when it
+    /// does, nothing is to be done (the default would stop the pool).
+    fn finished(&mut self, _: &mut Context<Self>) {}
+}
+
 impl<C: Connector, P: Protocol> Handler<ConnectionEvent> for Pool<C, P> {
     type Result = ();
 
@@ -544,13 +583,13 @@ impl<C: Connector, P: Protocol> Handler<Resize> for Pool<C, P> {
     type Result = Result<(), ConfigError>;
 
     /// Changes an authority's limits; closes idle connections above the new size.
-    fn handle(&mut self, resize: Resize, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, resize: Resize, _: &mut Context<Self>) -> Self::Result {
         PoolConfig::check_sizes(resize.min_idle, resize.max_size)?;
         if self.phase != Phase::Open {
             // Shutting down: nothing to size, and no authority to open.
             return Ok(());
         }
-        let group = self.group_for(&resize.authority, ctx);
+        let group = self.group_for(&resize.authority);
         let mut surplus = Vec::new();
         {
             let mut state = group.lock();
@@ -563,7 +602,7 @@ impl<C: Connector, P: Protocol> Handler<Resize> for Pool<C, P> {
         for member in &surplus {
             close(member, true);
         }
-        self.replenish(&group, Duration::ZERO, ctx);
+        self.replenish(&group, Duration::ZERO);
         Ok(())
     }
 }

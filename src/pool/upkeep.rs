@@ -84,7 +84,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         for idle in to_check {
             self.check(group.clone(), idle.member, idle.since, ctx);
         }
-        self.replenish(group, Duration::ZERO, ctx);
+        self.replenish(group, Duration::ZERO);
     }
 
     pub(super) fn maintain(&mut self, ctx: &mut Context<Self>) {
