@@ -41,9 +41,6 @@ use pending::{Matched, PendingCalls};
 /// is a few dozen bytes); a busy one grows its buffers on demand, doubling, and the
 /// read side keeps extra spare room while it stays busy (see the driver).
 const INITIAL_READ_BUFFER: usize = 512;
-/// An empty buffer larger than this is replaced by a small one at the next
-/// heartbeat-cadence check, so that memory grown by a burst is given back.
-const IDLE_BUFFER_LIMIT: usize = 4 * 1024;
 
 /// One connection to a peer: an actor that owns a framed transport, correlates replies
 /// with calls, keeps the link alive with heartbeats and bounds what it holds. Start one
@@ -652,18 +649,22 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         }
     }
 
-    /// Replaces an empty read or write buffer that grew past [`IDLE_BUFFER_LIMIT`]
-    /// with a small one, so that a connection that once carried a burst costs an
-    /// idle one's memory again. A buffer holding bytes is left alone; a busy
-    /// connection grows its buffer again at once, at the price of one allocation per
-    /// heartbeat interval.
+    /// Replaces an empty read or write buffer with a fresh small one, so that a
+    /// connection that once carried a burst costs an idle one's memory again.
+    ///
+    /// Unconditionally, because a buffer's `capacity()` does not tell its allocation:
+    /// bytes consumed from the front (written out, or split off as frames) leave the
+    /// allocation behind them, so a buffer that carried a 1 MiB frame can report no
+    /// capacity at all and still hold the megabyte. A buffer holding bytes (part of a
+    /// frame) is left alone. The price is an allocation or two per connection per
+    /// heartbeat interval; a busy connection grows its buffers again at once.
     fn shrink_buffers(&mut self) {
         let read = self.framed.read_buffer_mut();
-        if read.is_empty() && read.capacity() > IDLE_BUFFER_LIMIT {
+        if read.is_empty() {
             *read = BytesMut::with_capacity(INITIAL_READ_BUFFER);
         }
         let write = self.framed.write_buffer_mut();
-        if write.is_empty() && write.capacity() > IDLE_BUFFER_LIMIT {
+        if write.is_empty() {
             *write = BytesMut::new();
         }
     }

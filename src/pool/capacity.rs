@@ -226,14 +226,19 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         state.failures = 0;
         state.down = false;
         state.last_connect_error = None;
+        // This connection may be the replacement an expired member waits for.
+        let replacement = state.replacing > 0;
         state.replacing = state.replacing.saturating_sub(1);
         let unwanted = group.offer(&mut state, member, now, now);
         drop(state);
         if let Some(member) = unwanted {
             self.retire(&group, &member, true);
         }
-        // A replacement for an expired member may let it go now.
-        self.maintain_group(&group, now, ctx);
+        if replacement {
+            // The expired member may go now. (Only then: a sweep of the group per
+            // connect made filling a pool of N connections cost N² steps.)
+            self.maintain_group(&group, now, ctx);
+        }
         self.answer_ready(&group.authority);
         self.replenish(&group, Duration::ZERO);
     }

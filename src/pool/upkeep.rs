@@ -35,10 +35,11 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 let above_min = state.members - state.retiring > state.min_idle;
                 let idle = &state.idle[at];
                 // A member in shared use with calls in flight is busy, not idle.
-                let idle_for_too_long = idle.member.gauge.get() == 0
-                    && config
-                        .idle_timeout
-                        .is_some_and(|t| later(idle.since, t) <= now);
+                // The clock first: the gauge is in another allocation per member.
+                let idle_for_too_long = config
+                    .idle_timeout
+                    .is_some_and(|t| later(idle.since, t) <= now)
+                    && idle.member.gauge.get() == 0;
                 let expired = idle.member.is_expired(now);
                 let check_due = config
                     .health_check_interval
