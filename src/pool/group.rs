@@ -110,6 +110,10 @@ impl<C: Connector, P: Protocol> Member<C, P> {
 
 /// An idle member and since when it has been idle.
 pub(crate) struct Idle<C: Connector, P: Protocol> {
+    /// The member's id, kept here so that finding a member in a long idle list
+    /// (10,000 closing at once when a server dies) scans this list, not every
+    /// member's allocation.
+    pub(crate) id: ConnectionId,
     pub(crate) member: Arc<Member<C, P>>,
     pub(crate) since: Instant,
     /// When it last passed a health check (or became idle).
@@ -465,7 +469,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     /// Takes connection `id` off the idle list (it failed a test), counted as busy
     /// until its close counts it out.
     fn take_out_of_idle(&mut self, id: ConnectionId) {
-        if let Some(at) = self.idle.iter().position(|idle| idle.member.id == id) {
+        if let Some(at) = self.idle.iter().position(|idle| idle.id == id) {
             let failed = self.idle.remove(at);
             self.make_busy(&failed.member);
         }
@@ -485,7 +489,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
                 if let Some(at) = self
                     .idle
                     .iter()
-                    .position(|idle| idle.member.id == member.id)
+                    .position(|idle| idle.id == member.id)
                 {
                     self.idle.remove(at);
                 }
@@ -937,6 +941,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         }
         member.set_place(Place::Idle);
         state.idle.push(Idle {
+            id: member.id,
             member,
             since,
             checked,
