@@ -719,3 +719,34 @@ async fn an_authority_at_the_global_cap_gets_room_from_anothers_idle_connections
         assert_consistent(authority);
     }
 }
+
+// Finding: connect attempts became tasks of their own, and one whose connector
+// panicked ended without reporting: its place in `connecting` was never given back and
+// the pool never tried again.
+#[actix::test]
+async fn a_connector_that_panics_counts_as_a_failed_connect_and_the_pool_recovers() {
+    tokio::time::pause();
+    let bed = TestBed::new();
+    let (server, connector) = (bed.server.clone(), bed.connector.clone());
+    let a = server.authority();
+    connector.set_gate(Gate::Panic);
+    let pool = bed.pool(config().min_idle(2).max_size(2)).start();
+    let failing = until(&pool, WAIT, |s| s.consecutive_failures >= 2).await;
+    let failing = only(&failing);
+    assert_eq!(failing.size, 0, "{failing:#?}");
+    let error = failing
+        .last_connect_error
+        .clone()
+        .expect("the panic is the error");
+    assert!(error.to_string().contains("panicked"), "{error}");
+
+    // Each panicked attempt was counted out: the pool keeps trying, and fills once
+    // the connector works.
+    connector.set_gate(Gate::Open);
+    let filled = until(&pool, WAIT, |s| s.size == 2).await;
+    assert_eq!(only(&filled).connecting, 0, "{filled:#?}");
+    let lease = within(WAIT, "checkout", pool.checkout(&a)).await.unwrap();
+    echo(&lease, "after the panics").await;
+    drop(lease);
+    within(WAIT, "close", pool.close()).await;
+}

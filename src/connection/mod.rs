@@ -584,6 +584,10 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             }
         }
 
+        // Before a ping may go into the write buffer, so that an idle connection's
+        // empty buffers can be given back.
+        self.report_load(now);
+
         let interval = self.config.heartbeat_interval;
         let timeout = self.config.heartbeat_timeout;
         let silent_for = now - self.last_read;
@@ -614,7 +618,6 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         } else {
             later(self.last_read, interval)
         };
-        self.report_load(now);
 
         let mut next = next_heartbeat;
         if let Some(deadline) = next_call {

@@ -1,6 +1,10 @@
 //! How the Pool opens, counts and replaces connections: demand, backoff, failure
 //! accrual, and what a connection's `Closed` event changes.
 
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+
 use super::*;
 
 impl<C: Connector, P: Protocol> Pool<C, P> {
@@ -46,7 +50,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         state.demand_signalled = false;
         if state.down && state.connecting == 0 && state.phase == Phase::Open {
             // A down authority has one probe at a time; this one was lost (a
-            // restart of the pool dropped the old probe with its context).
+            // restart of the pool aborted the old probe's task).
             state.connecting += 1;
             let delay = self.backoff(state.failures);
             drop(state);
@@ -143,8 +147,21 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 tokio::time::sleep(delay).await;
             }
             let authority = group.authority.clone();
-            let result = match tokio::time::timeout(timeout, connector.connect(&authority)).await {
-                Ok(result) => result,
+            let connect = AssertUnwindSafe(connector.connect(&authority)).catch_unwind();
+            let result = match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(result)) => result,
+                // A connector that panics is a bug, but the attempt must still be
+                // counted out, or the pool would wait for it forever.
+                Ok(Err(panic)) => {
+                    let message = panic_message(&*panic);
+                    tracing::error!(%authority, message, "connector panicked");
+                    Err(ConnectError::Io {
+                        authority,
+                        source: Arc::new(std::io::Error::other(format!(
+                            "the connector panicked: {message}"
+                        ))),
+                    })
+                }
                 Err(_) => Err(ConnectError::Timeout {
                     authority,
                     after: timeout,
@@ -348,5 +365,16 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         for (_, tx) in extract(&mut self.ready, |(a, _)| a == authority) {
             let _ = tx.send(Err(PoolError::Connect(error.clone())));
         }
+    }
+}
+
+/// The text of a panic's payload, if it has one.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
     }
 }

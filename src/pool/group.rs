@@ -486,11 +486,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     pub(crate) fn forget(&mut self, member: &Member<C, P>) {
         match member.place() {
             Place::Idle => {
-                if let Some(at) = self
-                    .idle
-                    .iter()
-                    .position(|idle| idle.id == member.id)
-                {
+                if let Some(at) = self.idle.iter().position(|idle| idle.id == member.id) {
                     self.idle.remove(at);
                 }
             }

@@ -211,7 +211,7 @@ pub(crate) struct Attempt<C: Connector, P: Protocol> {
     result: Result<C::Io, ConnectError>,
 }
 
-/// A connection the actor knows, with what its events told.
+/// A connection the actor knows, and its group.
 struct Tracked<C: Connector, P: Protocol> {
     member: Arc<Member<C, P>>,
     group: Arc<Group<C, P>>,
@@ -352,7 +352,8 @@ impl<C: Connector, P: Protocol> Actor for Pool<C, P> {
 
 impl<C: Connector, P: Protocol> Supervised for Pool<C, P> {
     /// Starts afresh: open again, connects that were under way forgotten (their
-    /// futures died with the old context), health checks in progress put back.
+    /// tasks are aborted, and any that finished meanwhile report to the old
+    /// context's channel, which is gone), health checks in progress put back.
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::info!(parent: &self.span, "pool restarting");
         self.phase = Phase::Open;

@@ -236,6 +236,8 @@ pub enum Gate {
     Refuse,
     /// Never finish (the pool's connect timeout must end it).
     Hang,
+    /// Panic inside the connect future (a buggy connector).
+    Panic,
 }
 
 /// A connector over a [`MemoryNetwork`] that a test can script: fail the Nth attempt,
@@ -314,6 +316,7 @@ impl Connector for ScriptedConnector {
                 .boxed_local()
             }
             Gate::Hang => futures::future::pending().boxed_local(),
+            Gate::Panic => async { panic!("scripted connector panic") }.boxed_local(),
         }
     }
 }
