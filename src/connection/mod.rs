@@ -755,6 +755,14 @@ impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Started only as its runtime is torn down (an actor that was never polled,
+            // dropped with the runtime's tasks): there is no timer or reactor to run
+            // on, so it stops at once instead of panicking.
+            self.finish(CloseReason::Stopped);
+            ctx.stop();
+            return;
+        }
         // Callers hold their own `Addr` clones, each with a guaranteed slot; a
         // capacity as large as the in-flight bound keeps senders from parking (and
         // being unparked one by one) when hundreds of calls arrive at once.
