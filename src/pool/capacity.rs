@@ -50,7 +50,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         state.demand_signalled = false;
         if state.down && state.connecting == 0 && state.phase == Phase::Open {
             // A down authority has one probe at a time; this one was lost (a
-            // restart of the pool aborted the old probe's task).
+            // restart of the pool dropped the old probe with its context).
             state.connecting += 1;
             let delay = self.backoff(state.failures);
             drop(state);
@@ -135,14 +135,14 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
 
     /// Starts one connect attempt (already counted in `connecting`).
     pub(super) fn open(&mut self, group: Arc<Group<C, P>>, delay: Duration) {
-        let Some(report) = self.attempt_tx.clone() else {
+        let Some(attempts) = &self.attempts else {
             // Not started: `started` opens what is wanted.
             group.lock().connecting -= 1;
             return;
         };
         let connector = self.connector.clone();
         let timeout = self.config.connect_timeout;
-        self.attempts.spawn_local(async move {
+        attempts.push(Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -167,10 +167,8 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                     after: timeout,
                 }),
             };
-            // Fails only if the pool restarted or stopped since: the connection closes
-            // as it drops.
-            let _ = report.send(Attempt { group, result });
-        });
+            Attempt { group, result }
+        }));
     }
 
     pub(super) fn on_connect(

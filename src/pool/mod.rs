@@ -36,6 +36,7 @@
 //!               a probe every backoff_max at most until one connects
 //! ```
 
+mod attempts;
 mod capacity;
 mod config;
 mod group;
@@ -189,23 +190,13 @@ pub struct Pool<C: Connector, P: Protocol> {
     suspects: rustc_hash::FxHashSet<ConnectionId>,
     shutdown: Option<Shutdown>,
     counters: PoolCounters,
-    /// Connect attempts under way, each a task of its own (see [`Attempt`]); aborted
-    /// when the pool restarts or drops.
-    attempts: tokio::task::JoinSet<()>,
-    /// Where attempts report; replaced with the stream it feeds at each (re)start.
-    attempt_tx: Option<tokio::sync::mpsc::UnboundedSender<Attempt<C, P>>>,
+    /// Connect attempts under way (see [`attempts`]), replaced with the stream that
+    /// reports them at each (re)start.
+    attempts: Option<attempts::Attempts<Attempt<C, P>>>,
     span: tracing::Span,
 }
 
-/// The outcome of one connect attempt, sent back to the pool by the attempt's task.
-///
-/// Attempts run as tasks of their own rather than as futures in the pool's context:
-/// an actix context polls every future it holds whenever any one of them wakes, so
-/// with thousands of connects under way (a pool filling to `min_idle`, or refilling
-/// after a restart of its peer) each wake-up would cost thousands of polls. Their
-/// outcomes come back through one unbounded channel, which holds at most one
-/// message per attempt, and attempts are bounded by `max_size` and
-/// `max_connections`.
+/// The outcome of one connect attempt.
 pub(crate) struct Attempt<C: Connector, P: Protocol> {
     group: Arc<group::Group<C, P>>,
     result: Result<C::Io, ConnectError>,
@@ -276,8 +267,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             suspects: Default::default(),
             shutdown: None,
             counters: PoolCounters::default(),
-            attempts: tokio::task::JoinSet::new(),
-            attempt_tx: None,
+            attempts: None,
             span: tracing::debug_span!("pool"),
         }
     }
@@ -320,11 +310,11 @@ impl<C: Connector, P: Protocol> Actor for Pool<C, P> {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Handles send `Register` and `Checkout` with `send`; room for bursts.
         ctx.set_mailbox_capacity(1024);
-        // A fresh channel at each (re)start: attempts of a context that is gone report
-        // to a receiver that is gone, and their connections close as they drop.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        self.attempt_tx = Some(tx);
-        ctx.add_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        // Fresh at each (re)start: the attempts of a context that is gone were dropped
+        // with it.
+        let (attempts, outcomes) = attempts::Attempts::new();
+        self.attempts = Some(attempts);
+        ctx.add_stream(outcomes);
         ctx.run_interval(self.config.maintenance_interval, |pool, ctx| {
             pool.maintain(ctx)
         });
@@ -351,14 +341,13 @@ impl<C: Connector, P: Protocol> Actor for Pool<C, P> {
 }
 
 impl<C: Connector, P: Protocol> Supervised for Pool<C, P> {
-    /// Starts afresh: open again, connects that were under way forgotten (their
-    /// tasks are aborted, and any that finished meanwhile report to the old
-    /// context's channel, which is gone), health checks in progress put back.
+    /// Starts afresh: open again, connects that were under way forgotten (dropped
+    /// with the old context), health checks in progress put back.
     fn restarting(&mut self, _: &mut Context<Self>) {
         tracing::info!(parent: &self.span, "pool restarting");
         self.phase = Phase::Open;
         self.drain_tick = None;
-        self.attempts.abort_all();
+        self.attempts = None;
         for group in self.registry.all() {
             let mut state = group.lock();
             state.phase = Phase::Open;
@@ -538,8 +527,6 @@ impl<C: Connector, P: Protocol> Handler<Detached> for Pool<C, P> {
 
 impl<C: Connector, P: Protocol> StreamHandler<Attempt<C, P>> for Pool<C, P> {
     fn handle(&mut self, attempt: Attempt<C, P>, ctx: &mut Context<Self>) {
-        // Forget the tasks that finished (this one, and any before it).
-        while self.attempts.try_join_next().is_some() {}
         self.on_connect(attempt.group, attempt.result, ctx);
     }
 
