@@ -256,7 +256,9 @@ fn start_server(port: u16, n: usize) -> BenchResult<(Proc, u16)> {
 #[derive(Debug, Clone, Copy, Default)]
 struct Usage {
     rss: u64,
-    cpu: Duration,
+    /// CPU time in user space and in the kernel.
+    user: Duration,
+    system: Duration,
 }
 
 impl Usage {
@@ -272,11 +274,14 @@ impl Usage {
         // state is field 3, utime and stime are fields 14 and 15.
         let after = stat.rsplit_once(')').ok_or("odd /proc/pid/stat")?.1;
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields.get(11).ok_or("short stat")?.parse::<u64>()?
-            + fields.get(12).ok_or("short stat")?.parse::<u64>()?;
+        let ticks = |at: usize| -> BenchResult<Duration> {
+            let ticks: u64 = fields.get(at).ok_or("short /proc/pid/stat")?.parse()?;
+            Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+        };
         Ok(Self {
             rss: pages * page_size(),
-            cpu: Duration::from_secs_f64(ticks as f64 / clock_ticks()),
+            user: ticks(11)?,
+            system: ticks(12)?,
         })
     }
 }
@@ -378,6 +383,8 @@ struct Idle {
     rss_per_conn: f64,
     server_rss_per_conn: f64,
     cpu_percent: f64,
+    /// The kernel's part of `cpu_percent`.
+    system_percent: f64,
     server_cpu_percent: f64,
     rtt_p50_us: f64,
     rtt_p99_us: f64,
@@ -416,7 +423,10 @@ fn idle_figures(system: System, n: usize, marks: &HashMap<String, Mark>) -> Benc
     let start = mark(marks, "window-start")?;
     let end = mark(marks, "window-end")?;
     let wall = (end.at - start.at).as_secs_f64();
-    let percent = |from: Usage, to: Usage| 100.0 * (to.cpu - from.cpu).as_secs_f64() / wall;
+    let percent = |from: Usage, to: Usage| {
+        100.0 * ((to.user + to.system) - (from.user + from.system)).as_secs_f64() / wall
+    };
+    let kernel = |from: Usage, to: Usage| 100.0 * (to.system - from.system).as_secs_f64() / wall;
     let per_conn = |from: u64, to: u64| (to as f64 - from as f64) / n as f64;
     Ok(Idle {
         system,
@@ -425,6 +435,7 @@ fn idle_figures(system: System, n: usize, marks: &HashMap<String, Mark>) -> Benc
         rss_per_conn: per_conn(base.client.rss, end.client.rss),
         server_rss_per_conn: per_conn(base.server.rss, end.server.rss),
         cpu_percent: percent(start.client, end.client),
+        system_percent: kernel(start.client, end.client),
         server_cpu_percent: percent(start.server, end.server),
         rtt_p50_us: value(marks, "window-end", "rtt_p50_us")?,
         rtt_p99_us: value(marks, "window-end", "rtt_p99_us")?,
@@ -498,18 +509,19 @@ fn orchestrate(settings: Settings) -> BenchResult<()> {
 fn print_tables(idle: &[Idle], recovery: &[Recovery]) {
     println!();
     println!(
-        "| N | system | open all ms | B/conn client | B/conn server | heartbeat CPU % | server CPU % | RTT p50 µs | RTT p99 µs |"
+        "| N | system | open all ms | B/conn client | B/conn server | heartbeat CPU % (kernel) | server CPU % | RTT p50 µs | RTT p99 µs |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in idle {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} ({:.1}) | {:.1} | {:.0} | {:.0} |",
             row.n,
             row.system.name(),
             row.open_ms,
             row.rss_per_conn,
             row.server_rss_per_conn,
             row.cpu_percent,
+            row.system_percent,
             row.server_cpu_percent,
             row.rtt_p50_us,
             row.rtt_p99_us
@@ -557,6 +569,7 @@ fn to_json(settings: Settings, idle: &[Idle], recovery: &[Recovery], notes: &[St
                 "rss_per_conn_bytes": row.rss_per_conn,
                 "server_rss_per_conn_bytes": row.server_rss_per_conn,
                 "heartbeat_cpu_percent": row.cpu_percent,
+                "heartbeat_kernel_cpu_percent": row.system_percent,
                 "server_cpu_percent": row.server_cpu_percent,
                 "target_rss_per_conn_bytes": TARGET_BYTES_PER_CONNECTION,
             })
