@@ -42,7 +42,7 @@
 //!   until the pool holds N connections again.
 //!
 //! Run with `cargo bench --bench scale -- --quick` (a 3 s idle window, recovery at
-//! 1,000 and 10,000 connections; about a minute) or without `--quick` (10 s
+//! 1,000 and 10,000 connections; about 45 s) or without `--quick` (10 s
 //! windows, recovery at every N). Prints a table and writes
 //! `target/bench-results/scale.json`.
 
