@@ -55,6 +55,7 @@ fn the_documented_example_parses_into_what_it_says() {
     let defaults = PoolConfig::default();
     assert_eq!(pool.max_connections(), defaults.max_connections());
     assert_eq!(pool.grow_threshold(), defaults.grow_threshold());
+    assert_eq!(pool.max_connecting(), defaults.max_connecting());
     assert_eq!(pool.shutdown_timeout(), defaults.shutdown_timeout());
 
     let connection = &settings.connection;

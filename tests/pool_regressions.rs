@@ -750,3 +750,46 @@ async fn a_connector_that_panics_counts_as_a_failed_connect_and_the_pool_recover
     drop(lease);
     within(WAIT, "close", pool.close()).await;
 }
+
+// Finding (scale bench): a pool refilling 10,000 connections at once sent its server
+// more connects than the listen backlog takes. `max_connecting` bounds the attempts
+// under way per authority; the rest follow as they finish.
+#[actix::test]
+async fn connect_attempts_under_way_are_bounded_by_max_connecting_and_the_rest_follow() {
+    tokio::time::pause();
+    let bed = TestBed::new();
+    let (server, connector) = (bed.server.clone(), bed.connector.clone());
+    connector.set_gate(Gate::Hang);
+    let connect_timeout = Duration::from_secs(1);
+    let config = config()
+        .min_idle(10)
+        .max_size(10)
+        .max_connecting(3)
+        .connect_timeout(connect_timeout)
+        .failure_threshold(100);
+    let pool = bed.pool(config).start();
+
+    // Three hang; nobody else is tried meanwhile.
+    until(&pool, WAIT, |s| s.connecting == 3).await;
+    tokio::time::sleep(connect_timeout / 2).await;
+    let hanging = status(&pool).await;
+    assert_eq!(only(&hanging).connecting, 3, "{hanging:#?}");
+    assert_eq!(connector.attempts(), 3);
+
+    // Once connects work, the rest open, never more than three at a time.
+    connector.set_gate(Gate::Open);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = status(&pool).await;
+        let group = only(&now);
+        assert!(group.connecting <= 3, "{now:#?}");
+        if group.size == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not filled: {now:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let settled = assert_settled(&pool, &server).await;
+    assert_eq!(only(&settled).size, 10);
+    within(WAIT, "close", pool.close()).await;
+}

@@ -57,7 +57,14 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             self.open(group.clone(), delay);
             return;
         }
-        let count = state.wanted().min(state.room()).min(global_room);
+        // At most `max_connecting` attempts at once: each that finishes replenishes
+        // again, so the rest follow as they do.
+        let attempt_room = self.config.max_connecting.saturating_sub(state.connecting);
+        let count = state
+            .wanted()
+            .min(state.room())
+            .min(global_room)
+            .min(attempt_room);
         // A request to grow is answered now or dropped (no room): shared use asks
         // again if the load is still there, and a stale request must not open a
         // connection long after the load is gone.

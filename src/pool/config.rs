@@ -55,6 +55,8 @@ pub struct PoolConfig {
     pub(crate) failure_threshold: u32,
     /// Calls in flight per connection past which shared use opens another connection.
     pub(crate) grow_threshold: usize,
+    /// Connect attempts under way at once per authority.
+    pub(crate) max_connecting: usize,
     /// How long a returned lease with calls still in flight may take to go quiet
     /// before its connection is closed instead of reused.
     pub(crate) return_drain_timeout: Duration,
@@ -85,6 +87,7 @@ impl Default for PoolConfig {
             backoff_max: Duration::from_secs(5),
             failure_threshold: 5,
             grow_threshold: 64,
+            max_connecting: 64,
             return_drain_timeout: Duration::from_secs(1),
             reuse: true,
             maintenance_interval: Duration::from_secs(1),
@@ -167,6 +170,11 @@ impl PoolConfig {
     /// Calls in flight per connection past which shared use opens another connection.
     pub fn grow_threshold(&self) -> usize {
         self.grow_threshold
+    }
+
+    /// Connect attempts under way at once per authority.
+    pub fn max_connecting(&self) -> usize {
+        self.max_connecting
     }
 
     /// How long a returned lease with calls still in flight may take to go quiet
@@ -331,6 +339,16 @@ impl PoolConfigBuilder {
         self
     }
 
+    /// Connect attempts under way at once per authority; the rest of what the
+    /// authority wants opens as these finish. Filling a large pool, or refilling it
+    /// after its server restarted, then does not send the server more connects than
+    /// its listen backlog takes (those beyond it are dropped, and the kernel retries
+    /// them only a second later). Defaults to 64.
+    pub fn max_connecting(mut self, attempts: usize) -> Self {
+        self.config.max_connecting = attempts;
+        self
+    }
+
     /// How long a lease returned with calls still in flight (its borrower dropped a
     /// reply unread) may take to go quiet before its connection is closed instead of
     /// reused. Defaults to 1 second.
@@ -424,6 +442,9 @@ impl PoolConfigBuilder {
         if c.grow_threshold == 0 {
             return Err(ConfigError::new("grow_threshold", "must be at least 1"));
         }
+        if c.max_connecting == 0 {
+            return Err(ConfigError::new("max_connecting", "must be at least 1"));
+        }
         Ok(c)
     }
 }
@@ -467,6 +488,7 @@ mod file {
         backoff_max: Duration,
         failure_threshold: u32,
         grow_threshold: usize,
+        max_connecting: usize,
         #[serde(with = "humantime_serde")]
         return_drain_timeout: Duration,
         reuse: bool,
@@ -500,6 +522,7 @@ mod file {
                 backoff_max: c.backoff_max,
                 failure_threshold: c.failure_threshold,
                 grow_threshold: c.grow_threshold,
+                max_connecting: c.max_connecting,
                 return_drain_timeout: c.return_drain_timeout,
                 reuse: c.reuse,
                 maintenance_interval: c.maintenance_interval,
@@ -529,6 +552,7 @@ mod file {
                     backoff_max: f.backoff_max,
                     failure_threshold: f.failure_threshold,
                     grow_threshold: f.grow_threshold,
+                    max_connecting: f.max_connecting,
                     return_drain_timeout: f.return_drain_timeout,
                     reuse: f.reuse,
                     maintenance_interval: f.maintenance_interval,
