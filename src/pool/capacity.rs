@@ -149,7 +149,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         };
         let connector = self.connector.clone();
         let timeout = self.config.connect_timeout;
-        attempts.push(Box::pin(async move {
+        let attempt = Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -175,7 +175,10 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 }),
             };
             Attempt { group, result }
-        }));
+        });
+        // The receiver lives in the context as long as this sender is kept (until a
+        // restart, which drops both), so the send cannot fail.
+        let _ = attempts.send(attempt);
     }
 
     pub(super) fn on_connect(
