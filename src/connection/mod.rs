@@ -114,7 +114,8 @@ pub struct Connection<T: Transport, P: Protocol> {
     close_waiters: Vec<tokio::sync::oneshot::Sender<CloseReason>>,
     close_reason: Option<CloseReason>,
     last_load: (usize, usize),
-    last_load_report: Instant,
+    /// When `housekeeping` last ran.
+    last_housekeeping: Instant,
     stats: Counters,
     /// Figures for the metrics facade (feature `metrics`).
     metrics: ConnectionMetrics,
@@ -280,7 +281,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             close_waiters: Vec::new(),
             close_reason: None,
             last_load: (0, 0),
-            last_load_report: now,
+            last_housekeeping: now,
             stats: Counters::default(),
             metrics: self.metrics.unwrap_or_else(ConnectionMetrics::unpooled),
             rtt_events: self.rtt_events,
@@ -586,7 +587,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
 
         // Before a ping may go into the write buffer, so that an idle connection's
         // empty buffers can be given back.
-        self.report_load(now);
+        self.housekeeping(now);
 
         let interval = self.config.heartbeat_interval;
         let timeout = self.config.heartbeat_timeout;
@@ -631,12 +632,12 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
 
     /// Housekeeping at heartbeat cadence: reports the load if it changed and gives
     /// back buffers grown by a burst that is over.
-    fn report_load(&mut self, now: Instant) {
-        // Timer firings follow call deadlines too; report at heartbeat cadence only.
-        if now < later(self.last_load_report, self.config.heartbeat_interval) {
+    fn housekeeping(&mut self, now: Instant) {
+        // Timer firings follow call deadlines too; this runs at heartbeat cadence only.
+        if now < later(self.last_housekeeping, self.config.heartbeat_interval) {
             return;
         }
-        self.last_load_report = now;
+        self.last_housekeeping = now;
         self.shrink_buffers();
         let load = (
             self.pending.borrow().waiting(),
