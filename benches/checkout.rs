@@ -42,12 +42,13 @@
 //! two cores) or without `--quick` for five. Prints
 //! a table and writes `target/bench-results/checkout.json`.
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::error::Error;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -166,20 +167,11 @@ impl Measurement {
         latencies_ns.sort_unstable();
         Self {
             ops_per_sec: latencies_ns.len() as f64 / elapsed.as_secs_f64(),
-            p50_us: percentile(&latencies_ns, 0.50) as f64 / 1000.0,
-            p99_us: percentile(&latencies_ns, 0.99) as f64 / 1000.0,
+            p50_us: support::percentile(&latencies_ns, 0.50) as f64 / 1000.0,
+            p99_us: support::percentile(&latencies_ns, 0.99) as f64 / 1000.0,
             elapsed,
         }
     }
-}
-
-/// The nearest-rank percentile of sorted samples (0 when there are none).
-fn percentile(sorted: &[u64], quantile: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (quantile * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 // ---------------------------------------------------------------------------------
@@ -765,18 +757,6 @@ fn to_json(rows: &[Row]) -> String {
     json
 }
 
-/// `$CARGO_TARGET_DIR/bench-results/checkout.json`, the target directory defaulting
-/// to `target` in the crate root. A relative `CARGO_TARGET_DIR` is taken from the
-/// crate root, where cargo runs benches.
-fn results_path() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    };
-    target.join("bench-results").join("checkout.json")
-}
-
 fn main() -> BenchResult<()> {
     let settings = Settings::from_args();
     let started = Instant::now();
@@ -794,7 +774,7 @@ fn main() -> BenchResult<()> {
     let rows = rows(&rounds)?;
     print_table(&rows, settings);
 
-    let path = results_path();
+    let path = support::results_path("checkout");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -57,6 +57,8 @@
 #[path = "../tests/redis_support/mod.rs"]
 mod redis_support;
 
+mod support;
+
 use std::collections::HashMap;
 use std::error::Error;
 use std::path::PathBuf;
@@ -218,19 +220,10 @@ impl Measurement {
         latencies_us.sort_unstable();
         Self {
             ops_per_sec: latencies_us.len() as f64 / window.as_secs_f64(),
-            p50_us: percentile(&latencies_us, 0.50),
-            p99_us: percentile(&latencies_us, 0.99),
+            p50_us: support::percentile(&latencies_us, 0.50),
+            p99_us: support::percentile(&latencies_us, 0.99),
         }
     }
-}
-
-/// The nearest-rank percentile of sorted samples (0 when there are none).
-fn percentile(sorted: &[u32], quantile: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (quantile * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// The key names and the value every call uses, made once so that no client pays
@@ -876,15 +869,6 @@ fn to_json(rows: &[Row], notes: &Notes, settings: Settings) -> serde_json::Value
     })
 }
 
-/// `$CARGO_TARGET_DIR/bench-results/redis.json`, the target dir defaulting to
-/// `target` in the crate root (where cargo runs benches).
-fn results_path() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), |dir| root.join(dir));
-    target.join("bench-results").join("redis.json")
-}
-
 /// Sets every key to a `VALUE_BYTES` value with one MSET, so GETs always hit.
 fn populate(server: &RedisServer, workload: &Workload) -> BenchResult<()> {
     let value = String::from_utf8(workload.value.to_vec())?;
@@ -938,7 +922,7 @@ fn main() -> BenchResult<()> {
     let rows = rows(&rounds, tool.is_some());
     print_table(&rows, &notes, settings.rounds);
 
-    let path = results_path();
+    let path = support::results_path("redis");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

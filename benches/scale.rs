@@ -46,12 +46,13 @@
 //! windows, recovery at every N). Prints a table and writes
 //! `target/bench-results/scale.json`.
 
+mod support;
+
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::error::Error;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::rc::Rc;
 use std::sync::mpsc as std_mpsc;
@@ -496,7 +497,7 @@ fn orchestrate(settings: Settings) -> BenchResult<()> {
         }
     }
     print_tables(&idle, &recovery);
-    let path = results_path();
+    let path = support::results_path("scale");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -610,15 +611,6 @@ fn to_json(settings: Settings, idle: &[Idle], recovery: &[Recovery], notes: &[St
         "notes": notes,
         "rows": rows,
     })
-}
-
-/// `$CARGO_TARGET_DIR/bench-results/scale.json`, the target directory defaulting to
-/// `target` in the crate root.
-fn results_path() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), |dir| root.join(dir));
-    target.join("bench-results").join("scale.json")
 }
 
 mod fd_limit {
@@ -774,12 +766,9 @@ mod client {
         Ok(())
     }
 
+    /// The nearest-rank percentile, as a step's value.
     fn percentile(sorted: &[u64], quantile: f64) -> f64 {
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((sorted.len() - 1) as f64 * quantile).round() as usize;
-        sorted[rank.min(sorted.len() - 1)] as f64
+        support::percentile(sorted, quantile) as f64
     }
 
     fn rtt_values(mut rtts_us: Vec<u64>) -> [(&'static str, f64); 3] {

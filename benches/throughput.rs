@@ -23,12 +23,13 @@
 #[path = "../examples/support/echo_server.rs"]
 mod echo_server;
 
+mod support;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::error::Error;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,19 +145,10 @@ impl Measurement {
         latencies_us.sort_unstable();
         Self {
             ops_per_sec: latencies_us.len() as f64 / window.as_secs_f64(),
-            p50_us: percentile(&latencies_us, 0.50),
-            p99_us: percentile(&latencies_us, 0.99),
+            p50_us: support::percentile(&latencies_us, 0.50),
+            p99_us: support::percentile(&latencies_us, 0.99),
         }
     }
-}
-
-/// The nearest-rank percentile of sorted samples (0 when there are none).
-fn percentile(sorted: &[u32], quantile: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (quantile * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// One way of making a call. Each caller task owns one and calls it in a loop.
@@ -585,16 +577,6 @@ fn to_json(rows: &[Row]) -> String {
     json
 }
 
-/// `$CARGO_TARGET_DIR/bench-results/throughput.json`, the target directory
-/// defaulting to `target` in the crate root. A relative `CARGO_TARGET_DIR` is
-/// taken from the crate root, where cargo runs benches.
-fn results_path() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), |dir| root.join(dir));
-    target.join("bench-results").join("throughput.json")
-}
-
 fn main() -> BenchResult<()> {
     let settings = Settings::from_args();
     let server = EchoServer::start()?;
@@ -612,7 +594,7 @@ fn main() -> BenchResult<()> {
     let rows = rows(&rounds);
     print_table(&rows);
 
-    let path = results_path();
+    let path = support::results_path("throughput");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
