@@ -889,6 +889,24 @@ mod client {
         steps.mark("done", &[]).await
     }
 
+    /// Polls the pool's size at `authority` every few milliseconds until `done` holds,
+    /// for at most [`FILL_TIMEOUT`].
+    async fn until_size(
+        pool: &PoolHandle<TcpConnector, FrameProtocol>,
+        authority: &Authority,
+        what: &str,
+        done: impl Fn(usize) -> bool,
+    ) -> BenchResult<()> {
+        let deadline = Instant::now() + FILL_TIMEOUT;
+        while !done(members(pool, authority).await?.size) {
+            if Instant::now() >= deadline {
+                return Err(format!("{what}: not within {FILL_TIMEOUT:?}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
     async fn recover(
         options: &Options,
         steps: &mut Steps,
@@ -949,31 +967,16 @@ mod client {
         // The orchestrator killed the server: every connection, including those the
         // pool opened into the stopped server's backlog meanwhile, is reset.
         let killed = Instant::now();
-        let deadline = killed + FILL_TIMEOUT;
-        loop {
-            if members(pool, authority).await?.size == 0 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err("the pool did not empty after the server was killed".into());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_size(pool, authority, "empty after the kill", |size| size == 0).await?;
         let down_ms = killed.elapsed().as_secs_f64() * 1e3;
         let failures_before = pool.status().await?.counters.connect_failures;
         // The orchestrator answers once a new server listens on the same port.
         steps.mark("down", &[("ms", down_ms)]).await?;
         let restarted = Instant::now();
-        let deadline = restarted + FILL_TIMEOUT;
-        loop {
-            if members(pool, authority).await?.size >= n {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err("the pool did not refill after the restart".into());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_size(pool, authority, "refilled after the restart", |size| {
+            size >= n
+        })
+        .await?;
         let restore_ms = restarted.elapsed().as_secs_f64() * 1e3;
         let failures = pool.status().await?.counters.connect_failures - failures_before;
         steps
