@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis_support::RedisServer;
+use support::{median, Measurement, Window};
 
 /// Concurrent callers per measurement.
 const CONCURRENCIES: [usize; 3] = [1, 64, 512];
@@ -184,48 +185,6 @@ impl Settings {
     }
 }
 
-/// The measurement window of one run: callers start at once, so the connection and
-/// the runtime are warm when it opens; only calls completed inside it count.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: Instant,
-    end: Instant,
-}
-
-impl Window {
-    fn after_warm_up(settings: Settings) -> Self {
-        let start = Instant::now() + settings.warm_up;
-        Self {
-            start,
-            end: start + settings.measure,
-        }
-    }
-
-    fn counts(&self, completed: Instant) -> bool {
-        self.start <= completed && completed < self.end
-    }
-}
-
-/// The result of one run.
-#[derive(Debug, Clone, Copy)]
-struct Measurement {
-    ops_per_sec: f64,
-    p50_us: u32,
-    p99_us: u32,
-}
-
-impl Measurement {
-    /// Summarizes the latencies (µs) of the calls completed in a window of `window`.
-    fn from_samples(mut latencies_us: Vec<u32>, window: Duration) -> Self {
-        latencies_us.sort_unstable();
-        Self {
-            ops_per_sec: latencies_us.len() as f64 / window.as_secs_f64(),
-            p50_us: support::percentile(&latencies_us, 0.50),
-            p99_us: support::percentile(&latencies_us, 0.99),
-        }
-    }
-}
-
 /// The key names and the value every call uses, made once so that no client pays
 /// for formatting them.
 struct Workload {
@@ -293,7 +252,7 @@ async fn measure<C: Caller>(
     workload: &Rc<Workload>,
     settings: Settings,
 ) -> BenchResult<Measurement> {
-    let window = Window::after_warm_up(settings);
+    let window = Window::after_warm_up(settings.warm_up, settings.measure);
     let tasks: Vec<_> = callers
         .into_iter()
         .enumerate()
@@ -704,12 +663,6 @@ struct Row {
 }
 
 /// The round with the median ops/sec, whole (its latencies belong to the same run).
-fn median(measurements: &[Measurement]) -> Measurement {
-    let mut sorted = measurements.to_vec();
-    sorted.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-    sorted[sorted.len() / 2]
-}
-
 /// The median of the per-round ratios of `system` over the redis crate.
 fn paired_ratio(rounds: &Rounds, case: Case, system: System, concurrency: usize) -> Option<f64> {
     let ours = rounds.get(&(case, system, concurrency))?;

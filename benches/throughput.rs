@@ -45,6 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Encoder, Framed, FramedRead};
 
 use echo_server::EchoServer;
+use support::{median, Measurement, Window};
 
 /// The `case` of every row: echo calls with 64-byte payloads.
 const CASE: &str = "echo-64B";
@@ -107,50 +108,6 @@ impl Settings {
     }
 }
 
-/// The measurement window of one run. Callers start calling at once, so the
-/// connection and the runtime are warm when the window opens; only calls that
-/// complete inside it are counted.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    start: Instant,
-    end: Instant,
-}
-
-impl Window {
-    fn after_warm_up(settings: Settings) -> Self {
-        let start = Instant::now() + settings.warm_up;
-        Self {
-            start,
-            end: start + settings.measure,
-        }
-    }
-
-    fn counts(&self, completed: Instant) -> bool {
-        self.start <= completed && completed < self.end
-    }
-}
-
-/// The result of one run.
-#[derive(Debug, Clone, Copy)]
-struct Measurement {
-    ops_per_sec: f64,
-    p50_us: u32,
-    p99_us: u32,
-}
-
-impl Measurement {
-    /// Summarizes the latencies (in microseconds) of the calls completed in a window
-    /// of `window` length.
-    fn from_samples(mut latencies_us: Vec<u32>, window: Duration) -> Self {
-        latencies_us.sort_unstable();
-        Self {
-            ops_per_sec: latencies_us.len() as f64 / window.as_secs_f64(),
-            p50_us: support::percentile(&latencies_us, 0.50),
-            p99_us: support::percentile(&latencies_us, 0.99),
-        }
-    }
-}
-
 /// One way of making a call. Each caller task owns one and calls it in a loop.
 trait Caller: 'static {
     /// Sends `payload` as a request and waits for the reply, checking that the
@@ -192,7 +149,7 @@ async fn drive(mut caller: impl Caller, index: u32, window: Window) -> Result<Ve
 /// Runs one measurement: spawns one task per caller on the current (single-threaded)
 /// runtime, waits for all of them to finish, and summarizes.
 async fn measure<C: Caller>(callers: Vec<C>, settings: Settings) -> BenchResult<Measurement> {
-    let window = Window::after_warm_up(settings);
+    let window = Window::after_warm_up(settings.warm_up, settings.measure);
     let tasks: Vec<_> = callers
         .into_iter()
         .zip(0..)
@@ -503,12 +460,6 @@ struct Row {
 }
 
 /// The round with the median ops/sec, whole (its latencies belong to the same run).
-fn median(measurements: &[Measurement]) -> Measurement {
-    let mut sorted = measurements.to_vec();
-    sorted.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
-    sorted[sorted.len() / 2]
-}
-
 fn rows(rounds: &Rounds) -> Vec<Row> {
     let mut rows = Vec::new();
     for concurrency in CONCURRENCIES {
