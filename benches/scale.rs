@@ -46,6 +46,8 @@
 //! windows, recovery at every N). Prints a table and writes
 //! `target/bench-results/scale.json`.
 
+#[path = "../tests/reliability_support/fd_limit.rs"]
+mod fd_limit;
 mod support;
 
 use std::cell::{Cell, RefCell};
@@ -611,34 +613,6 @@ fn to_json(settings: Settings, idle: &[Idle], recovery: &[Recovery], notes: &[St
         "notes": notes,
         "rows": rows,
     })
-}
-
-mod fd_limit {
-    /// Raises the soft `RLIMIT_NOFILE` to `wanted`, at most the hard limit; returns
-    /// the soft limit in force afterwards.
-    pub(super) fn raise_to(wanted: u64) -> u64 {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is a valid, writable `struct rlimit`.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-            return 1024;
-        }
-        let wanted = wanted.min(limit.rlim_max);
-        if limit.rlim_cur < wanted {
-            let raised = libc::rlimit {
-                rlim_cur: wanted,
-                rlim_max: limit.rlim_max,
-            };
-            // SAFETY: `raised` is a valid `struct rlimit`; on failure the old limit
-            // stays.
-            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-                limit.rlim_cur = wanted;
-            }
-        }
-        limit.rlim_cur
-    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -19,6 +19,8 @@
 //! and if that is not enough it runs fewer connections and says so.
 
 mod broker_support;
+#[path = "reliability_support/fd_limit.rs"]
+mod fd_limit;
 
 use std::time::{Duration, Instant};
 
@@ -72,66 +74,6 @@ fn size() -> Size {
         scaled_from: Some(connections),
         fd_limit,
     }
-}
-
-/// The soft limit on open files, raised toward the hard limit when it is too low.
-#[cfg(target_os = "linux")]
-mod fd_limit {
-    use std::os::raw::{c_int, c_ulong};
-
-    /// `struct rlimit` of glibc and musl on Linux: two `rlim_t`, which are `unsigned
-    /// long`.
-    #[repr(C)]
-    struct Rlimit {
-        soft: c_ulong,
-        hard: c_ulong,
-    }
-
-    const RLIMIT_NOFILE: c_int = 7;
-
-    extern "C" {
-        fn getrlimit(resource: c_int, limit: *mut Rlimit) -> c_int;
-        fn setrlimit(resource: c_int, limit: *const Rlimit) -> c_int;
-    }
-
-    /// Raises the soft limit to `wanted` (at most the hard limit); returns the soft
-    /// limit in force afterwards.
-    pub(super) fn raise_to(wanted: u64) -> u64 {
-        let mut limit = Rlimit { soft: 0, hard: 0 };
-        // SAFETY: `limit` is a valid, writable `struct rlimit`.
-        if unsafe { getrlimit(RLIMIT_NOFILE, &mut limit) } != 0 {
-            return super::soft_limit_from_proc().unwrap_or(1024);
-        }
-        let wanted = c_ulong::try_from(wanted).unwrap_or(c_ulong::MAX);
-        if limit.soft < wanted {
-            let raised = Rlimit {
-                soft: wanted.min(limit.hard),
-                hard: limit.hard,
-            };
-            // SAFETY: `raised` is a valid `struct rlimit`; a failure leaves the limit
-            // as it was, which is read again below.
-            if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
-                limit.soft = raised.soft;
-            }
-        }
-        limit.soft
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod fd_limit {
-    /// Elsewhere the limit is only read (from `ulimit -n` in `/proc`, if there is one).
-    pub(super) fn raise_to(_wanted: u64) -> u64 {
-        super::soft_limit_from_proc().unwrap_or(1024)
-    }
-}
-
-/// The soft "Max open files" of `/proc/self/limits`.
-fn soft_limit_from_proc() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line.split_whitespace().nth(3)?;
-    soft.parse().ok()
 }
 
 /// A listening socket on 127.0.0.1 with a backlog that holds every connect of the
