@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use broker_support::{eventually, within, WAIT};
+use bytes::Bytes;
 use reliability_support::*;
 use switchboard::protocol::frame::FrameRequest;
 use switchboard::server::Stop;
@@ -44,6 +45,12 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// is away must fail well before it.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Failed connects the first test waits for before the server comes back. With
+/// `backoff_base` 50 ms doubling, the tenth retry would come 25 s after the ninth if
+/// `backoff_max` did not cap it, so a missing cap fails the bound by far more than
+/// the slack.
+const OUTAGE_FAILURES: u32 = 10;
+
 /// Slack on the bound for a loaded machine: connecting, scheduling, polling.
 const SLACK: Duration = Duration::from_secs(1);
 
@@ -57,6 +64,25 @@ fn is_refused(error: &PoolError) -> bool {
     };
     matches!(connect, ConnectError::Io { source, .. }
         if source.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Checks that a call in flight on a connection the server killed failed with
+/// `Closed` and the reason its connection reported: the connection failed the call
+/// itself (a peer close or an I/O error), and did not just drop it (which the caller
+/// would see as `Closed(Stopped)`).
+fn assert_failed_with_its_connection(
+    result: &Result<Bytes, CallError>,
+    (closed, _): &(CloseReason, Instant),
+    what: &str,
+) {
+    assert!(
+        matches!(closed, CloseReason::PeerClosed | CloseReason::Io(_)),
+        "{what}: the connection closed with {closed:?}"
+    );
+    match result {
+        Err(CallError::Closed(reason)) if reason.kind() == closed.kind() => {}
+        other => panic!("{what}: expected Closed({closed:?}), got {other:?}"),
+    }
 }
 
 #[actix::test]
@@ -85,7 +111,8 @@ async fn a_restarted_server_fails_calls_in_flight_once_and_serves_new_calls_with
     let mut calls = Vec::new();
     for (n, lease) in leases.iter().enumerate() {
         for k in 0..CALLS_PER_CONNECTION {
-            calls.push(spawn_slow_call(lease, &format!("in flight {n}.{k}")));
+            let call = spawn_slow_call(lease, &format!("in flight {n}.{k}"));
+            calls.push((lease.id(), call));
         }
     }
     let in_flight = SIZE * CALLS_PER_CONNECTION;
@@ -100,18 +127,12 @@ async fn a_restarted_server_fails_calls_in_flight_once_and_serves_new_calls_with
         .await
         .expect("listener alive");
 
-    // Each call in flight fails exactly once, with the connection's failure.
-    for (n, call) in calls.into_iter().enumerate() {
-        let result = within(WAIT, "a call in flight", call).await.unwrap();
-        assert_broken(&result, &format!("call {n}"));
-    }
-    // Every old connection reported Closed, for a reason the pool did not choose.
+    // Every old connection reported Closed, for a reason the pool did not choose, and
+    // each call in flight fails exactly once, with its connection's reason.
     let closed = events.wait_closed(&old, WAIT).await;
-    for (id, (reason, _)) in &closed {
-        assert!(
-            matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_)),
-            "{id} closed with {reason:?}"
-        );
+    for (n, (id, call)) in calls.into_iter().enumerate() {
+        let result = within(WAIT, "a call in flight", call).await.unwrap();
+        assert_failed_with_its_connection(&result, &closed[&id], &format!("call {n} on {id}"));
     }
     for lease in &leases {
         let error = within(WAIT, "call on a dead lease", lease.call("still there?"))
@@ -134,6 +155,15 @@ async fn a_restarted_server_fails_calls_in_flight_once_and_serves_new_calls_with
         .unwrap_err();
     assert!(is_refused(&error), "{error:?}");
     assert!(asked.elapsed() < CHECKOUT_TIMEOUT, "{error:?}");
+    // A long outage: the reconnect delay has grown to its cap.
+    wait_status(
+        &pool,
+        &authority,
+        WAIT,
+        "the outage outlasts the backoff",
+        |s| s.consecutive_failures >= OUTAGE_FAILURES,
+    )
+    .await;
 
     let restarted = restart_on(port).await;
     let back = Instant::now();
@@ -191,9 +221,8 @@ async fn a_quick_restart_fails_shared_calls_in_flight_once_and_the_pool_refills(
         used.insert(shared.id());
         let request = FrameRequest::new(payload(&format!("shared {n}"))).with_topic(SLOW);
         let addr = shared.addr().clone();
-        calls.push(actix::spawn(
-            async move { addr.send(Call::new(request)).await? },
-        ));
+        let call = actix::spawn(async move { addr.send(Call::new(request)).await? });
+        calls.push((shared.id(), call));
     }
     server
         .wait_stats("the shared calls reached the server", |stats| {
@@ -209,9 +238,11 @@ async fn a_quick_restart_fails_shared_calls_in_flight_once_and_the_pool_refills(
     let restarted = restart_on(port).await;
     let back = Instant::now();
 
-    for (n, call) in calls.into_iter().enumerate() {
+    let closed = events.wait_closed(&used, WAIT).await;
+    for (n, (id, call)) in calls.into_iter().enumerate() {
         let result = within(WAIT, "a shared call in flight", call).await.unwrap();
-        assert_broken(&result, &format!("shared call {n}"));
+        let what = format!("shared call {n} on {id}");
+        assert_failed_with_its_connection(&result, &closed[&id], &what);
     }
     first_call_within(&pool, &authority, back, BACKOFF_MAX + SLACK).await;
 
