@@ -84,10 +84,6 @@ struct Bed {
 async fn start_failing(mode: AcceptMode, connect_timeout: Duration, expected: Expected) -> Bed {
     let (server, _) = start_echo_server(None).await;
     let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into()).unwrap();
-    // Through `Refuse` first: switching from `Forward` straight to `Blackhole` fails
-    // with "address in use", because the proxy's old listener is dropped only after
-    // the message that cancelled its accept loop (a proxy bug, worked around here).
-    proxy.set_accept(AcceptMode::Refuse).await;
     proxy.set_accept(mode).await;
     let authority = proxy.authority();
     let events = Events::new();

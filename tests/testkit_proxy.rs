@@ -3,6 +3,10 @@
 //!
 //! Time bounds here are lower bounds (a delay was at least this long) or generous
 //! waits for something that must happen; nothing asserts that the machine is fast.
+//!
+//! ```text
+//! cargo test --all-features --test testkit_proxy
+//! ```
 #![cfg(feature = "testkit")]
 
 use std::io::ErrorKind;
@@ -114,6 +118,93 @@ async fn blackhole_is_silent_and_heal_resumes() {
     proxy.heal().await;
     assert_eq!(round_trip(&mut stream, b"back").await, b"back");
     assert_eq!(proxy.stats().await.dropped, 4);
+}
+
+/// A server for one connection that reads until end of stream and reports, on the
+/// channel, how many bytes it read and whether the stream ended cleanly.
+async fn eof_server() -> (SocketAddr, tokio::sync::oneshot::Receiver<(usize, bool)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (report, reported) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buffer = vec![0; 1024];
+        let mut read = 0;
+        let clean = loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) => break true,
+                Ok(n) => read += n,
+                Err(_) => break false,
+            }
+        };
+        let _ = report.send((read, clean));
+    });
+    (addr, reported)
+}
+
+#[actix::test]
+async fn an_upstream_blackhole_holds_end_of_stream_until_heal() {
+    let (server, mut ended) = eof_server().await;
+    let proxy = FaultProxy::start(server).unwrap();
+    let mut stream = connect(&proxy).await;
+    proxy.inject(Direction::Upstream, Fault::Blackhole).await;
+    stream.write_all(b"lost").await.unwrap();
+    stream.shutdown().await.unwrap();
+    // Neither the bytes nor the end of stream reach the server while it lasts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        ended.try_recv().is_err(),
+        "the end of stream went through a blackhole"
+    );
+    assert_eq!(proxy.stats().await.dropped, 4);
+    proxy.heal().await;
+    let (read, clean) = tokio::time::timeout(WAIT, ended)
+        .await
+        .expect("the end of stream was not forwarded after the heal")
+        .unwrap();
+    assert_eq!((read, clean), (0, true));
+}
+
+#[actix::test]
+async fn a_blackhole_both_ways_drops_requests_and_replies() {
+    let (server, mut reads) = echo_server().await;
+    let proxy = FaultProxy::start(server).unwrap();
+    let mut stream = connect(&proxy).await;
+    proxy.inject(Direction::Both, Fault::Blackhole).await;
+    stream.write_all(b"nowhere").await.unwrap();
+    let mut buffer = [0; 16];
+    let read = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buffer)).await;
+    assert!(
+        read.is_err(),
+        "a blackholed link delivered or closed: {read:?}"
+    );
+    assert!(reads.try_recv().is_err(), "the server got bytes");
+    let stats = proxy.stats().await;
+    assert_eq!((stats.dropped, stats.open), (7, 1));
+}
+
+#[actix::test]
+async fn latency_keeps_the_order_of_chunks() {
+    let (server, _) = echo_server().await;
+    let proxy = FaultProxy::start(server).unwrap();
+    proxy
+        .inject(
+            Direction::Upstream,
+            Fault::Latency(Duration::from_millis(20)),
+        )
+        .await;
+    let mut stream = connect(&proxy).await;
+    let sent: Vec<u8> = (0..200u8).collect();
+    for chunk in sent.chunks(10) {
+        stream.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut back = vec![0; sent.len()];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+        .await
+        .expect("no echo")
+        .unwrap();
+    assert_eq!(back, sent);
 }
 
 #[actix::test]

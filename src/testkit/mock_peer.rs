@@ -20,6 +20,10 @@ const PAIR_CAPACITY: usize = 256 * 1024;
 ///
 /// Going silent is doing nothing (the peer answers nothing, pings included); a
 /// half-open link is a peer that neither answers nor closes.
+///
+/// It speaks only the built-in `frame` protocol. For a protocol of your own, drive a
+/// `tokio_util::codec::Framed` with your codec over the other end of a
+/// [`tokio::io::duplex`] pipe the same way.
 pub struct MockPeer<T: Transport = DuplexStream> {
     framed: Framed<T, FrameCodec>,
 }
@@ -81,7 +85,10 @@ impl<T: Transport> MockPeer<T> {
         frame
     }
 
-    /// `n` frames in a row.
+    /// `n` frames in a row, each waited for at most `timeout`.
+    ///
+    /// # Panics
+    /// As [`expect_frame`](Self::expect_frame), for any of them.
     pub async fn expect_frames(&mut self, n: usize, timeout: Duration) -> Vec<Frame> {
         let mut frames = Vec::with_capacity(n);
         for _ in 0..n {
@@ -123,11 +130,17 @@ impl<T: Transport> MockPeer<T> {
     }
 
     /// Answers `request` with a response carrying `payload`.
+    ///
+    /// # Panics
+    /// If the write fails.
     pub async fn reply(&mut self, request: &Frame, payload: impl Into<Bytes>) {
         self.send(Frame::response(request.id, payload)).await;
     }
 
     /// Answers `request` with an error carrying `message`.
+    ///
+    /// # Panics
+    /// If the write fails.
     pub async fn reply_error(&mut self, request: &Frame, message: impl Into<Bytes>) {
         self.send(Frame::error(request.id, message)).await;
     }

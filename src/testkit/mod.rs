@@ -19,7 +19,9 @@
 //! happen, which is what a failing test should do. Timers run on tokio's clock, so
 //! a test that calls `tokio::time::pause()` at its start (inside `#[actix::test]`)
 //! runs heartbeats and timeouts in virtual time: hours pass in milliseconds and no
-//! test waits on the wall clock.
+//! test waits on the wall clock. That suits in-memory transports ([`MockPeer::pair`],
+//! [`MemoryConnector`](crate::transport::MemoryConnector)); tests over real sockets,
+//! and so every test with a [`FaultProxy`], must run in real time.
 //!
 //! ```
 //! use std::time::Duration;

@@ -87,7 +87,8 @@ where
         }
     }
 
-    /// Waits `during` and asserts that no message arrives.
+    /// Waits `during` and asserts that no message arrives. Returns early if the probe
+    /// has stopped, since no message can arrive then.
     ///
     /// # Panics
     /// If a message arrives.

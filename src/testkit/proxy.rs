@@ -64,6 +64,11 @@ const SLICE_PAUSE: Duration = Duration::from_millis(1);
 /// client's socket.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the proxy waits for its own connect that fills the accept queue when it
+/// starts blackholing connects. On loopback it is queued at once, unless another
+/// connect got there first and the kernel dropped this SYN.
+const FILL_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Which way a fault acts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -258,6 +263,11 @@ impl Shared {
 /// A fault-injecting TCP proxy on 127.0.0.1: put it between a client and a server and
 /// break the link between them on demand. [`Fault`] says what each fault does.
 ///
+/// Run it in real time, not under `tokio::time::pause()`: a paused clock jumps ahead
+/// whenever the runtime is idle, and it is idle while it waits on real sockets, so
+/// latency and bandwidth faults (and any timeout around proxied traffic) would pass
+/// in no time at all.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use switchboard::testkit::{Direction, Fault, FaultProxy};
@@ -282,8 +292,8 @@ pub struct FaultProxy {
     /// The accept loop, while forwarding.
     accepting: Option<SpawnHandle>,
     /// While blackholing connects: a listener that never accepts, and the connection
-    /// that fills its accept queue.
-    held: Option<(std::net::TcpListener, std::net::TcpStream)>,
+    /// that fills its accept queue (none if another connect filled it first).
+    held: Option<(std::net::TcpListener, Option<std::net::TcpStream>)>,
 }
 
 impl fmt::Debug for FaultProxy {
@@ -380,7 +390,13 @@ impl FaultProxy {
                 // Backlog 0 holds one connection; once it is queued (and never
                 // accepted), the kernel drops every further SYN.
                 let listener = bind(self.local, 0)?;
-                let filler = std::net::TcpStream::connect(self.local)?;
+                // Bounded: a SYN of someone else's may have filled the queue first,
+                // and then ours is dropped too; the queue is full all the same.
+                let filler = match std::net::TcpStream::connect_timeout(&self.local, FILL_TIMEOUT) {
+                    Ok(filler) => Some(filler),
+                    Err(error) if error.kind() == io::ErrorKind::TimedOut => None,
+                    Err(error) => return Err(error),
+                };
                 self.held = Some((listener, filler));
             }
         }
