@@ -32,7 +32,6 @@ use broker_support::{eventually, within, Server, WAIT};
 use futures::future::join_all;
 use reliability_support::*;
 use switchboard::protocol::frame::FrameRequest;
-use switchboard::server::{Disconnect, GetListenerStats};
 use switchboard::testkit::{Direction, Fault, FaultProxy, ProxyHandle};
 use switchboard::{Authority, CloseReason, ConnectionId, PoolConfigBuilder};
 
@@ -45,26 +44,6 @@ const TEST_AFTER: Duration = Duration::from_millis(20);
 
 /// How long a test on checkout waits for its pong.
 const PING_TIMEOUT: Duration = Duration::from_millis(200);
-
-/// Disconnects every connection the server holds, from the server's side, and waits
-/// until the server has closed them all.
-async fn server_disconnects_everyone(server: &Server) {
-    for id in server.connections().await {
-        let known = within(WAIT, "disconnect", server.listener.send(Disconnect(id)))
-            .await
-            .expect("listener alive");
-        assert!(known, "the listener did not know {id}");
-    }
-    let listener = server.listener.clone();
-    eventually(WAIT, "the server closed its connections", || {
-        let listener = listener.clone();
-        async move {
-            let stats = listener.send(GetListenerStats).await.ok()?;
-            (stats.open == 0).then_some(())
-        }
-    })
-    .await;
-}
 
 /// Checks out every connection of the pool at once, calls through each, and checks
 /// that none of them is one of `dead`. Returns the ids it got.

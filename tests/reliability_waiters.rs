@@ -4,15 +4,17 @@
 //! connections do not starve anyone. When every leased connection is reset and then
 //! returned, the pool replaces them and serves the waiters first come, first served,
 //! none of them with a broken connection; when the broken connections are returned
-//! before the pool could notice, a waiter may get one (its call fails with a typed
-//! `Closed`, at most once per broken connection) and its next checkout gets a good
-//! one; and under churn, with every connection dying after a few calls, ten borrowers
+//! before the pool could notice, each is handed to one waiter, whose call fails with
+//! a typed `Closed` (exactly one call per broken connection), and that waiter's next
+//! checkout gets a good one; and under churn, with every connection dying after a few calls, ten borrowers
 //! each complete their calls, every failure is a typed error and none hangs. After
 //! each, the pool is back to five idle connections that work, and the server holds
 //! exactly those.
 //!
 //! How the fault is made: a `FaultProxy` between pool and server. `reset()` aborts
-//! every open link with a TCP RST; `Fault::CloseAfter(n)` on the client-to-server
+//! every open link with a TCP RST; the server disconnecting everyone while the proxy
+//! blackholes what it sends (its FIN held until `heal()`) breaks connections the
+//! pool cannot know about; `Fault::CloseAfter(n)` on the client-to-server
 //! direction closes each link, old and new, after `n` more bytes (a few requests),
 //! until `heal()`.
 //!
@@ -33,7 +35,7 @@ use broker_support::{within, Server, WAIT};
 use reliability_support::*;
 use switchboard::protocol::frame::FrameRequest;
 use switchboard::testkit::{Direction, Fault, FaultProxy, ProxyHandle};
-use switchboard::{Authority, CallError, ConnectionId, PoolError};
+use switchboard::{Authority, CallError, ConnectionId};
 
 /// Connections in the pool (`min_idle` = `max_size`).
 const SIZE: usize = 5;
@@ -236,20 +238,42 @@ async fn broken_connections_returned_before_the_pool_notices_cost_each_at_most_o
     let served = Rc::new(RefCell::new(Vec::new()));
     let waiters = line_up(&bed, 3, &served).await;
 
-    // Reset and returned at once: the pool may hand them on before it knows.
-    assert_eq!(bed.proxy.reset().await, SIZE);
+    // The server closes every connection, and the proxy keeps the close from the
+    // client (a downstream blackhole holds the FIN): when the leases come back, the
+    // pool cannot know they are broken, and hands each to a waiter.
+    bed.proxy
+        .inject(Direction::Downstream, Fault::Blackhole)
+        .await;
+    server_disconnects_everyone(&bed.server).await;
     drop(held);
+    let old = bed.old.clone();
+    wait_status(
+        &bed.pool,
+        &bed.authority,
+        WAIT,
+        "a call on every broken one",
+        |s| {
+            let calling = s
+                .connections
+                .iter()
+                .filter(|c| old.contains(&c.id) && c.in_flight == 1);
+            calling.count() == SIZE
+        },
+    )
+    .await;
+    // The close arrives; each call on a broken connection fails.
+    bed.proxy.heal().await;
 
     let results = all_served(waiters).await;
     let mut broken = Vec::new();
     for (n, result) in results.iter().enumerate() {
         assert!(
             !bed.old.contains(&result.id),
-            "waiter {n} called through reset {}",
+            "waiter {n} called through closed {}",
             result.id
         );
         for id in &result.broken {
-            assert!(bed.old.contains(id), "waiter {n}: {id} broke, not reset");
+            assert!(bed.old.contains(id), "waiter {n}: {id} broke, not closed");
         }
         broken.extend(result.broken.iter().copied());
     }
@@ -257,6 +281,10 @@ async fn broken_connections_returned_before_the_pool_notices_cost_each_at_most_o
     // handed to a second waiter.
     let unique: BTreeSet<ConnectionId> = broken.iter().copied().collect();
     assert_eq!(unique.len(), broken.len(), "handed on twice: {broken:?}");
+    assert_eq!(
+        unique, bed.old,
+        "each broken connection cost exactly one call"
+    );
     assert_eq!(
         *served.borrow(),
         (0..WAITERS).collect::<Vec<_>>(),
@@ -293,16 +321,12 @@ async fn under_churn_every_borrower_finishes_and_every_failure_is_typed() {
         borrowers.push(actix::spawn(async move {
             let (mut done, mut failures) = (0, 0);
             while done < CALLS {
-                let lease = match pool.checkout(&authority).await {
-                    Ok(lease) => lease,
-                    // A typed error within the checkout timeout; try again.
-                    Err(error @ PoolError::Timeout { .. }) => {
-                        failures += 1;
-                        assert!(failures < 50, "borrower {n}: {error}");
-                        continue;
-                    }
-                    Err(error) => panic!("borrower {n}: unexpected {error:?}"),
-                };
+                // Churn must not cost anyone a checkout: broken connections are
+                // replaced while the borrowers wait.
+                let lease = pool
+                    .checkout(&authority)
+                    .await
+                    .unwrap_or_else(|error| panic!("borrower {n}: checkout failed: {error:?}"));
                 // Same length as the measured request.
                 let text = format!("measure {:02}", (n * CALLS + done) % 100);
                 match lease.call(FrameRequest::new(payload(&text))).await {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use switchboard::pool::{AuthorityStatus, PoolStatus};
 use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
-use switchboard::server::{Route, ServerConfig};
+use switchboard::server::{Disconnect, GetListenerStats, Route, ServerConfig};
 use switchboard::testkit::Probe;
 use switchboard::transport::TcpConnector;
 use switchboard::{
@@ -326,4 +326,24 @@ pub async fn close_and_check_events(pool: &TcpPool, events: &mut Events) {
     for id in counts.keys() {
         assert!(connected.contains(id), "{id} closed without connecting");
     }
+}
+
+/// Disconnects every connection the server holds, from the server's side, and waits
+/// until the server has closed them all.
+pub async fn server_disconnects_everyone(server: &Server) {
+    for id in server.connections().await {
+        let known = within(WAIT, "disconnect", server.listener.send(Disconnect(id)))
+            .await
+            .expect("listener alive");
+        assert!(known, "the listener did not know {id}");
+    }
+    let listener = server.listener.clone();
+    eventually(WAIT, "the server closed its connections", || {
+        let listener = listener.clone();
+        async move {
+            let stats = listener.send(GetListenerStats).await.ok()?;
+            (stats.open == 0).then_some(())
+        }
+    })
+    .await;
 }
