@@ -11,12 +11,13 @@
 //! reads the answers in order, and gives the lease back, until it has sent its share.
 //!
 //! - Short (always on): 200 connections, 20,000 calls.
-//! - Full: `SWITCHBOARD_LOAD_FULL=1 cargo test --release --test reliability_load --
-//!   --nocapture`: 2,000 connections, 200,000 calls.
+//! - Full: `SWITCHBOARD_LOAD_FULL=1 cargo test --all-features --test reliability_load
+//!   -- --nocapture`: 2,000 connections, 200,000 calls.
 //!
 //! Client and server share this process, so it needs two descriptors per connection.
-//! If the soft `RLIMIT_NOFILE` is too low, the test raises it toward the hard limit,
-//! and if that is not enough it runs fewer connections and says so.
+//! If the soft `RLIMIT_NOFILE` is too low, the test raises it toward the hard limit.
+//! If that is not enough, the short run runs fewer connections and says so; the full
+//! run fails, since a smaller run would pass for it.
 
 mod broker_support;
 #[path = "reliability_support/fd_limit.rs"]
@@ -63,6 +64,12 @@ fn size() -> Size {
             fd_limit,
         };
     }
+    // The full run was asked for by name: a smaller one would pass for it.
+    assert!(
+        !full,
+        "SWITCHBOARD_LOAD_FULL=1 needs {needed} descriptors, and the hard RLIMIT_NOFILE \
+         allows {fd_limit} (raise `ulimit -Hn`)"
+    );
     let fit = (fd_limit.saturating_sub(open_now + FD_HEADROOM) / 2) as usize;
     assert!(
         fit >= 10,
