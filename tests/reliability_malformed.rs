@@ -443,3 +443,61 @@ async fn hostile_bytes_arriving_one_per_segment_give_the_same_typed_error() {
     within(REAL_WAIT, "close", pool.close()).await;
     proxy.stop().await;
 }
+
+/// `bytes` (then an end of stream, with `close`) sent a byte per segment through a
+/// proxy, with a call pending: the connection closes with the error `expected`
+/// accepts, and the call fails with it.
+async fn one_per_segment_gives(bytes: &[u8], close: bool, expected: fn(&FrameError) -> bool) {
+    let bed = TcpBed::new().await;
+    let proxy = FaultProxy::start(bed.addr).unwrap();
+    proxy.inject(Direction::Downstream, Fault::Slice(1)).await;
+    let mut events = Probe::<ConnectionEvent>::start();
+    let pool = tcp_pool(proxy.authority(), FrameProtocol::default(), 1, &events).await;
+    let mut peer = bed.accept().await;
+    let lease = pool.checkout(&proxy.authority()).await.unwrap();
+    let pending = actix::spawn(lease.send(Call::new(FrameRequest::new("pending"))));
+    peer.expect_request(REAL_WAIT).await;
+    peer.send_raw(bytes).await;
+    if close {
+        peer.close().await;
+    }
+    let (closed, reason) = next_closed(&mut events, REAL_WAIT).await;
+    assert_eq!(closed, lease.id());
+    assert!(expected(frame_error(&reason)), "{reason:?}");
+    pending_fails_with(pending, expected).await;
+    drop(lease);
+    within(REAL_WAIT, "close", pool.close()).await;
+    proxy.stop().await;
+}
+
+#[actix::test]
+async fn every_malformed_input_gives_its_error_when_it_arrives_one_byte_per_segment() {
+    let mut overrun = header(14, FrameKind::Push as u8, 1);
+    overrun.extend_from_slice(&500u16.to_be_bytes());
+    overrun.extend_from_slice(b"ab");
+    let mut cut = header(20, FrameKind::Response as u8, 0);
+    cut.extend_from_slice(b"half");
+    let cases: [(&[u8], bool, fn(&FrameError) -> bool); 6] = [
+        (&header(10, 0x63, 0), false, |e| {
+            matches!(e, FrameError::UnknownKind(0x63))
+        }),
+        (&header(10, FrameKind::Response as u8, 0x80), false, |e| {
+            matches!(e, FrameError::ReservedFlags(0x80))
+        }),
+        (&[0, 0, 0, 3, 1, 2, 3], false, |e| {
+            matches!(e, FrameError::TooShort { length: 3 })
+        }),
+        (&overrun, false, |e| {
+            matches!(e, FrameError::TopicOverrun { topic_len: 500, .. })
+        }),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", false, |e| {
+            matches!(e, FrameError::TooLarge { .. })
+        }),
+        (&cut, true, |e| {
+            matches!(e, FrameError::Truncated { buffered: 18 })
+        }),
+    ];
+    for (bytes, close, expected) in cases {
+        one_per_segment_gives(bytes, close, expected).await;
+    }
+}
