@@ -444,10 +444,13 @@ async fn hostile_bytes_arriving_one_per_segment_give_the_same_typed_error() {
     proxy.stop().await;
 }
 
+/// Which frame errors a case accepts.
+type Expected = fn(&FrameError) -> bool;
+
 /// `bytes` (then an end of stream, with `close`) sent a byte per segment through a
 /// proxy, with a call pending: the connection closes with the error `expected`
 /// accepts, and the call fails with it.
-async fn one_per_segment_gives(bytes: &[u8], close: bool, expected: fn(&FrameError) -> bool) {
+async fn one_per_segment_gives(bytes: &[u8], close: bool, expected: Expected) {
     let bed = TcpBed::new().await;
     let proxy = FaultProxy::start(bed.addr).unwrap();
     proxy.inject(Direction::Downstream, Fault::Slice(1)).await;
@@ -477,7 +480,7 @@ async fn every_malformed_input_gives_its_error_when_it_arrives_one_byte_per_segm
     overrun.extend_from_slice(b"ab");
     let mut cut = header(20, FrameKind::Response as u8, 0);
     cut.extend_from_slice(b"half");
-    let cases: [(&[u8], bool, fn(&FrameError) -> bool); 6] = [
+    let cases: [(&[u8], bool, Expected); 6] = [
         (&header(10, 0x63, 0), false, |e| {
             matches!(e, FrameError::UnknownKind(0x63))
         }),
