@@ -310,11 +310,13 @@ async fn a_bandwidth_starved_link_fills_the_write_buffer_to_its_cap_then_recover
         }
         other => panic!("expected a WriteBuffer overload, got {other:?}"),
     }
+    // Twice the size of the calls that filled it: the link frees about 16 KiB a
+    // second, so these stay refused for seconds, however the drain steps fall.
     for n in 0..5 {
         let refused = within(
             REAL_WAIT,
             "refused at once",
-            lease.call(FrameRequest::new(payload(n, SIZE))),
+            lease.call(FrameRequest::new(payload(n, 2 * SIZE))),
         )
         .await
         .unwrap_err();
@@ -342,7 +344,9 @@ async fn a_bandwidth_starved_link_fills_the_write_buffer_to_its_cap_then_recover
 #[actix::test]
 async fn a_blackholed_upstream_holds_calls_in_flight_up_to_the_cap_then_recovers() {
     const MAX_IN_FLIGHT: usize = 16;
-    let call_timeout = Duration::from_secs(1);
+    // Long enough that every call is handled before the first ones time out and free
+    // their slots, even on a busy machine.
+    let call_timeout = Duration::from_secs(3);
     let server = EchoServer::new();
     let proxy = FaultProxy::start(server.listen_tcp().await).unwrap();
     let a = proxy.authority();
