@@ -12,12 +12,29 @@
 //!   out: every waiter ends with a connection or a typed error (`Closed`,
 //!   `Draining`), none hangs; the calls on the leases end (answered, or
 //!   `Closed(Aborted)`); the old leases can be dropped after the restart without
-//!   harm; and the restarted pool opens `min_idle` new connections and serves.
+//!   harm; and the restarted pool opens `min_idle` new connections and serves;
+//! - (c) a supervised pool closed while its connects are under way (held), with an
+//!   exclusive and a shared waiter behind them: every waiter gets `Closed`; the held
+//!   connects go with the old incarnation (they never connect, and nothing counts
+//!   them), and the restarted pool counts only its own (`connecting`, `size`,
+//!   `created` and the server's accepted connections agree), opens `min_idle` and
+//!   serves exclusive and shared checkouts;
+//! - (d) a pool whose own arbiter stops (its `stopped` runs, no `Close` or `Drain`)
+//!   while a connect is held, a lease is out with a call in flight, and exclusive
+//!   and shared waiters wait (through the handle and as messages): every waiter ends
+//!   at once with `PoolError::Closed` (or, for a message, the actor's
+//!   `MailboxError::Closed`), not at the end of its checkout timeout; the call fails
+//!   with `Closed(Stopped)`; later checkouts fail at once; the held connect never
+//!   reaches the server. (A supervisor stops with its arbiter, so nothing restarts
+//!   here.) The wait of an eager `build` is covered by a unit test in
+//!   `src/pool/mod.rs`, as its message is not public.
 //!
 //! How the fault is made: `Abort` and `Close` sent to a leased connection; a pool
 //! that places its connections on a second Arbiter which the test stops (real time);
 //! a supervised pool told to `Close` or `Drain` (with a timeout) while waiters and
-//! leases are out. The far end is `tests/pool_support`'s in-memory echo server, whose
+//! leases are out; a connector that holds connects until the test releases them
+//! (`Gate::Hold`); a pool started on an Arbiter of its own, which the test stops
+//! (real time). The far end is `tests/pool_support`'s in-memory echo server, whose
 //! `sleep:<ms>` requests are answered late.
 //!
 //! ```text
@@ -33,9 +50,9 @@ use std::time::Duration;
 use actix::Arbiter;
 use pool_support::*;
 use reliability_common::{closed_reason, eventually, REAL_WAIT};
-use switchboard::pool::{Checkout, Drain, ShutdownOutcome};
+use switchboard::pool::{Checkout, CheckoutShared, Drain, ShutdownOutcome};
 use switchboard::protocol::frame::{FrameProtocol, FrameRequest};
-use switchboard::{Abort, CallError, Close, CloseReason, PoolError};
+use switchboard::{Abort, Authority, CallError, Close, CloseReason, ConnectionId, PoolError};
 use tokio::task::JoinHandle;
 
 /// `count` calls on the lease's connection, each in its own task, each answered after
@@ -464,4 +481,270 @@ async fn checkouts_racing_a_supervised_pool_restart_each_end_with_a_lease_or_an_
     let settled = assert_settled(&pool, &server).await;
     assert!(only(&settled).size >= 1);
     checkout_and_echo(&pool, &a, "after the races").await;
+}
+
+/// A shared checkout in a task of its own; resolves with the connection's id.
+fn spawn_shared(
+    pool: &TestPool,
+    authority: &Authority,
+) -> JoinHandle<Result<ConnectionId, PoolError>> {
+    let (pool, authority) = (pool.clone(), authority.clone());
+    actix::spawn(async move { pool.shared(&authority).await.map(|shared| shared.id()) })
+}
+
+/// What a checkout sent as a message to the pool actor (exclusive or shared) ended
+/// with: the connection's id, the pool's error, or the actor's.
+type ByMessage = JoinHandle<Result<Result<ConnectionId, PoolError>, actix::MailboxError>>;
+
+/// An exclusive and a shared checkout sent to the pool actor as messages, each in a
+/// task of its own.
+fn spawn_by_message(pool: &TestPool, authority: &Authority) -> [ByMessage; 2] {
+    let exclusive = pool
+        .addr()
+        .send(Checkout::<ScriptedConnector, FrameProtocol>::new(
+            authority.clone(),
+        ));
+    let shared = pool
+        .addr()
+        .send(CheckoutShared::<ScriptedConnector, FrameProtocol>::new(
+            authority.clone(),
+        ));
+    [
+        actix::spawn(async move { exclusive.await.map(|r| r.map(|lease| lease.id())) }),
+        actix::spawn(async move { shared.await.map(|r| r.map(|shared| shared.id())) }),
+    ]
+}
+
+#[actix::test]
+async fn a_supervised_pool_closed_while_its_connects_are_held_answers_its_waiters_and_counts_right_after_the_restart(
+) {
+    tokio::time::pause();
+    let bed = TestBed::new();
+    let (server, connector) = (bed.server.clone(), bed.connector.clone());
+    let a = server.authority();
+    connector.set_gate(Gate::Hold);
+    let config = config()
+        .min_idle(1)
+        .max_size(2)
+        .checkout_timeout(Duration::from_secs(600));
+    let pool = bed.pool(config).start_supervised();
+
+    // The connect for `min_idle` is held; an exclusive waiter queues behind it, then
+    // a shared one (whose demand starts a second connect, held too), then one of
+    // each through the actor's messages.
+    let exclusive = spawn_checkout(&pool, &a);
+    until(&pool, WAIT, |s| s.waiters == 1 && s.connecting == 1).await;
+    let shared = spawn_shared(&pool, &a);
+    until(&pool, WAIT, |s| s.waiters == 2).await;
+    let by_message = spawn_by_message(&pool, &a);
+    let queued = until(&pool, WAIT, |s| s.waiters == 4 && s.connecting == 2).await;
+    assert_eq!(only(&queued).size, 0, "{queued:#?}");
+    assert_eq!(connector.held(), 2);
+
+    let outcome = within(WAIT, "close", pool.close()).await;
+    assert_eq!(outcome, ShutdownOutcome::Clean);
+    let exclusive = within(WAIT, "exclusive waiter ends", exclusive)
+        .await
+        .unwrap();
+    assert!(
+        matches!(exclusive, Err(PoolError::Closed)),
+        "{:?}",
+        exclusive.map(|lease| lease.id())
+    );
+    let shared = within(WAIT, "shared waiter ends", shared).await.unwrap();
+    assert!(matches!(shared, Err(PoolError::Closed)), "{shared:?}");
+    for waiter in by_message {
+        let result = within(WAIT, "waiter by message ends", waiter)
+            .await
+            .unwrap();
+        assert!(matches!(result, Ok(Err(PoolError::Closed))), "{result:?}");
+    }
+
+    // Restarted: the held connects went with the old incarnation (nothing counts
+    // them, and releasing the gate cannot make them connect); the new one holds
+    // only its own connect for `min_idle`.
+    let restarted = until(&pool, WAIT, |s| {
+        s.connecting == 1 && s.waiters == 0 && connector.held() == 1
+    })
+    .await;
+    assert_eq!(only(&restarted).size, 0, "{restarted:#?}");
+    assert_eq!(server.accepted(), 0);
+    connector.release();
+    let filled = until(&pool, WAIT, |s| s.idle == 1 && s.connecting == 0).await;
+    assert_consistent(only(&filled));
+    assert_eq!(only(&filled).size, 1, "{filled:#?}");
+    assert_eq!(connector.held(), 0);
+    assert_eq!(
+        server.accepted(),
+        1,
+        "a connect of the old incarnation got through"
+    );
+    assert_eq!(filled.counters.created, 1);
+    assert_eq!(filled.counters.connect_failures, 0);
+
+    // It serves: an exclusive lease and, beside it, a shared connection (a second
+    // one, opened for it).
+    let lease = within(WAIT, "checkout after restart", pool.checkout(&a))
+        .await
+        .unwrap();
+    let shared = within(WAIT, "shared checkout after restart", pool.shared(&a))
+        .await
+        .unwrap();
+    assert_ne!(lease.id(), shared.id());
+    echo(&lease, "exclusive after restart").await;
+    let reply = within(
+        WAIT,
+        "shared call",
+        shared.call(FrameRequest::new("shared")),
+    )
+    .await;
+    assert_eq!(&reply.unwrap()[..], b"shared");
+    drop((lease, shared));
+    let settled = assert_settled(&pool, &server).await;
+    assert_eq!(only(&settled).size, 2);
+    assert_eq!(server.accepted(), 2);
+    assert_eq!(settled.counters.created, 2);
+}
+
+/// Starts a supervised pool over `connector` on `arbiter`; returns its handle.
+async fn start_on(
+    arbiter: &Arbiter,
+    connector: ScriptedConnector,
+    authority: Authority,
+    config: switchboard::PoolConfigBuilder,
+) -> TestPool {
+    let config = config.build().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = arbiter.spawn_fn(move || {
+        let pool = switchboard::Pool::builder(connector, FrameProtocol::default())
+            .config(config)
+            .connection(connection_config())
+            .authority(authority)
+            .start_supervised();
+        let _ = tx.send(pool);
+    });
+    assert!(spawned, "the arbiter runs");
+    within(REAL_WAIT, "the pool starts on its arbiter", rx)
+        .await
+        .unwrap()
+}
+
+/// Real time: the pool runs on an arbiter of its own, which a paused clock here would
+/// not govern. The bound on every wait (`REAL_WAIT`, 10 s) is far below the waiters'
+/// `checkout_timeout` (600 s): a waiter that is not told ends the test.
+#[actix::test]
+async fn a_pool_whose_arbiter_stops_fails_every_waiter_at_once_and_refuses_later_checkouts() {
+    let bed = TestBed::new();
+    let (server, connector) = (bed.server.clone(), bed.connector.clone());
+    let a = server.authority();
+    let doomed = Arbiter::new();
+    let config = config()
+        .min_idle(1)
+        .max_size(2)
+        .checkout_timeout(Duration::from_secs(600));
+    let pool = start_on(&doomed, connector.clone(), a.clone(), config).await;
+    until(&pool, REAL_WAIT, |s| s.idle == 1).await;
+
+    // The one connection leased with a call in flight; the connect for the next one
+    // held, with an exclusive waiter behind it, a shared one behind that, and one of
+    // each through the actor's messages.
+    let lease = pool.checkout(&a).await.unwrap();
+    let calls = spawn_calls(&lease, 1, 60_000);
+    connector.set_gate(Gate::Hold);
+    let exclusive = spawn_checkout(&pool, &a);
+    until(&pool, REAL_WAIT, |s| s.waiters == 1 && s.connecting == 1).await;
+    let shared = spawn_shared(&pool, &a);
+    until(&pool, REAL_WAIT, |s| s.waiters == 2).await;
+    let by_message = spawn_by_message(&pool, &a);
+    let queued = until(&pool, REAL_WAIT, |s| s.waiters == 4 && s.leased == 1).await;
+    assert_eq!(only(&queued).connecting, 1, "{queued:#?}");
+    eventually(REAL_WAIT, "the connect is held", || async {
+        (connector.held() == 1).then_some(())
+    })
+    .await;
+    eventually(REAL_WAIT, "the call is in flight", || async {
+        (lease.in_flight() == 1).then_some(())
+    })
+    .await;
+
+    doomed.stop();
+    doomed.join().unwrap();
+    // Everyone hears at once (the pool's `stopped` fails its waiters), not at the end
+    // of their checkout timeout.
+    let exclusive = within(REAL_WAIT, "exclusive waiter ends", exclusive)
+        .await
+        .unwrap();
+    assert!(
+        matches!(exclusive, Err(PoolError::Closed)),
+        "{:?}",
+        exclusive.map(|lease| lease.id())
+    );
+    let shared = within(REAL_WAIT, "shared waiter ends", shared)
+        .await
+        .unwrap();
+    assert!(matches!(shared, Err(PoolError::Closed)), "{shared:?}");
+    // Checkouts by message answer from a task on the pool's arbiter, which went with
+    // it: the sender hears that the actor is gone.
+    for waiter in by_message {
+        let result = within(REAL_WAIT, "waiter by message ends", waiter)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                result,
+                Ok(Err(PoolError::Closed)) | Err(actix::MailboxError::Closed)
+            ),
+            "{result:?}"
+        );
+    }
+    for result in results(calls, REAL_WAIT).await {
+        let error = result.unwrap_err();
+        assert!(
+            matches!(closed_reason(&error), CloseReason::Stopped),
+            "{error:?}"
+        );
+    }
+
+    // Later checkouts fail at once, by the handle (also for an authority it never
+    // had) and by message; the status says the pool is gone.
+    let later = within(REAL_WAIT, "checkout after the stop", pool.checkout(&a)).await;
+    assert!(
+        matches!(later, Err(PoolError::Closed)),
+        "{:?}",
+        later.map(|l| l.id())
+    );
+    let later = within(REAL_WAIT, "shared after the stop", pool.shared(&a)).await;
+    assert!(
+        matches!(later, Err(PoolError::Closed)),
+        "{:?}",
+        later.map(|s| s.id())
+    );
+    let elsewhere = Authority::memory("elsewhere");
+    let later = within(REAL_WAIT, "new authority", pool.checkout(&elsewhere)).await;
+    assert!(
+        matches!(later, Err(PoolError::Closed)),
+        "{:?}",
+        later.map(|l| l.id())
+    );
+    for waiter in spawn_by_message(&pool, &a) {
+        let result = within(REAL_WAIT, "message after the stop", waiter)
+            .await
+            .unwrap();
+        assert!(
+            matches!(result, Err(actix::MailboxError::Closed)),
+            "{result:?}"
+        );
+    }
+    assert!(matches!(pool.status().await, Err(PoolError::Closed)));
+    assert_eq!(pool.close().await, ShutdownOutcome::AlreadyClosed);
+
+    // The held connect went with the arbiter and never reached the server; the one
+    // connection is closed on the server's side too; the old lease drops harmlessly.
+    eventually(REAL_WAIT, "the held connect is dropped", || async {
+        (connector.held() == 0).then_some(())
+    })
+    .await;
+    drop(lease);
+    until_server_open(&server, 0, REAL_WAIT).await;
+    assert_eq!(server.accepted(), 1);
 }

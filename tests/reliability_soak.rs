@@ -9,7 +9,9 @@
 //!   sequence number its confirmation gave; a message reported as never delivered
 //!   (`Unconfirmed` with `maybe_delivered() == false`) was not;
 //! - no slot leaked: no lease out, no waiter, nothing in flight on any connection,
-//!   and the server, the proxy and the pools agree on how many connections are open;
+//!   nothing held by either broker (`BrokerStats::publishes_in_flight`,
+//!   `publishes_queued`, `requests_in_flight` all 0), and the server, the proxy and
+//!   the pools agree on how many connections are open;
 //! - memory is back to where it started once everything is dropped (a counting
 //!   `#[global_allocator]`; this file holds this one test so nothing else allocates
 //!   meanwhile).
@@ -451,6 +453,12 @@ struct Slots {
     connecting: usize,
     in_flight: usize,
     buffered_write_bytes: usize,
+    /// What the two brokers hold (`BrokerStats`): publishes written and not yet
+    /// answered or unordered ones under way, ordered publishes waiting for their
+    /// producer's connection, and requests under way.
+    publishes_in_flight: usize,
+    publishes_queued: usize,
+    requests_in_flight: usize,
     /// Connections open by the pools' count, and as the proxy and the server see them.
     pooled: usize,
     proxied: u64,
@@ -460,7 +468,14 @@ struct Slots {
 
 impl Slots {
     fn leaked(&self) -> bool {
-        self.leased + self.waiters + self.connecting + self.in_flight + self.buffered_write_bytes
+        self.leased
+            + self.waiters
+            + self.connecting
+            + self.in_flight
+            + self.buffered_write_bytes
+            + self.publishes_in_flight
+            + self.publishes_queued
+            + self.requests_in_flight
             > 0
             || self.proxied != self.pooled as u64
             || self.server_open != self.pooled
@@ -471,6 +486,12 @@ impl Slots {
 async fn slots(rig: &Rig) -> Slots {
     let mut slots = Slots::default();
     for client in [&rig.a, &rig.b] {
+        // The brokers run until the teardown: a broker that does not answer fails the
+        // run here rather than counting as holding nothing.
+        let broker = client.stats().await.expect("broker alive while settling");
+        slots.publishes_in_flight += broker.publishes_in_flight;
+        slots.publishes_queued += broker.publishes_queued;
+        slots.requests_in_flight += broker.requests_in_flight;
         let authority = Authority::tcp("127.0.0.1", rig.proxy.local_addr().port());
         let Ok(status) = client.pool().status().await else {
             continue;
@@ -800,7 +821,19 @@ async fn run(
     // every confirmed message is delivered and every slot comes back: all of it
     // within one bound.
     let mut verdict = Verdict::default();
-    let _ = tokio::time::timeout(chaos_for + SETTLE, chaos_task).await;
+    // A chaos task that panicked or hung would quietly make the rest of the run a
+    // calmer one that still passes: that fails the soak instead.
+    tokio::time::timeout(chaos_for + SETTLE, chaos_task)
+        .await
+        .expect(
+            "the chaos task hung: it did not end within the chaos time and SETTLE, so it \
+             stopped injecting faults (or left one on) and the run was not the chaos its \
+             seed says",
+        )
+        .expect(
+            "the chaos task panicked: the faults stopped with it, so the rest of the run was \
+             calm",
+        );
     let settle_by = tokio::time::Instant::now() + SETTLE;
     let mut logs = Vec::new();
     for task in publishers {

@@ -227,6 +227,20 @@ pub struct BrokerStats {
     pub producers: usize,
     /// Topics subscribed now.
     pub topics: usize,
+    /// Publishes under way now, not yet confirmed or failed: ordered ones written to
+    /// their producer's connection (over all producers), and unordered ones from the
+    /// moment the broker handled them (waiting for a connection included). A caller
+    /// that drops its publish once the broker handled it does not take it out: it
+    /// resolves all the same, to no one, and counts in `confirmed` or `unconfirmed`.
+    pub publishes_in_flight: usize,
+    /// Ordered publishes waiting now for their producer's connection (while one is
+    /// picked, or while the producer moves and its earlier messages are answered).
+    /// With `publishes_in_flight`, what `max_unconfirmed` bounds per producer.
+    pub publishes_queued: usize,
+    /// Requests under way now, from the moment the broker handled them until they
+    /// are answered or fail (counted then in `requests` or `requests_failed`); a
+    /// dropped caller's request included.
+    pub requests_in_flight: usize,
 }
 
 /// Why a broker operation failed.

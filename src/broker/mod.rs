@@ -94,6 +94,10 @@ pub struct Broker<C: Connector, P: BrokerProtocol = FrameProtocol> {
     subscriptions: FxHashMap<SubscriptionId, Bytes>,
     next_subscription: u64,
     stats: BrokerStats,
+    /// Unordered publishes handled and not yet resolved.
+    unordered_in_flight: usize,
+    /// Requests handled and not yet resolved.
+    requests_in_flight: usize,
 }
 
 impl<C: Connector, P: BrokerProtocol> fmt::Debug for Broker<C, P> {
@@ -158,6 +162,8 @@ impl<C: Connector, P: BrokerProtocol> BrokerBuilder<C, P> {
                 subscriptions: FxHashMap::default(),
                 next_subscription: 0,
                 stats: BrokerStats::default(),
+                unordered_in_flight: 0,
+                requests_in_flight: 0,
             }
         });
         BrokerHandle {
@@ -179,9 +185,18 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
     }
 
     fn stats(&self) -> BrokerStats {
+        let (written, queued) =
+            self.producers
+                .values()
+                .fold((0, 0), |(written, queued), producer| {
+                    (written + producer.outstanding(), queued + producer.queued())
+                });
         BrokerStats {
             producers: self.producers.len(),
             topics: self.topics.len(),
+            publishes_in_flight: written + self.unordered_in_flight,
+            publishes_queued: queued,
+            requests_in_flight: self.requests_in_flight,
             ..self.stats.clone()
         }
     }
@@ -244,7 +259,11 @@ impl<C: Connector, P: BrokerProtocol> Handler<Publish> for Broker<C, P> {
             Order::Unordered => {
                 let request = self.protocol.publish(publish.topic, publish.payload);
                 let answer = call_spread(self.pool.clone(), self.authority.clone(), request, None);
+                // The future runs to its end in the broker's context, also when the
+                // caller has gone, so this count always comes down again.
+                self.unordered_in_flight += 1;
                 Box::pin(answer.into_actor(self).map(|answer, this, _| {
+                    this.unordered_in_flight -= 1;
                     let outcome = confirmation(&this.protocol, answer);
                     match &outcome {
                         Ok(_) => this.stats.confirmed += 1,
@@ -275,7 +294,9 @@ impl<C: Connector, P: BrokerProtocol> Handler<Request> for Broker<C, P> {
             frame,
             request.timeout,
         );
+        self.requests_in_flight += 1;
         Box::pin(answer.into_actor(self).map(|answer, this, _| {
+            this.requests_in_flight -= 1;
             let answer = answer.and_then(|reply| this.protocol.answer(reply));
             match &answer {
                 Ok(_) | Err(BrokerError::Call(CallError::Remote(_))) => this.stats.requests += 1,

@@ -83,6 +83,16 @@ impl<C: Connector, P: BrokerProtocol> Producer<C, P> {
         self.outstanding + self.queue.len()
     }
 
+    /// The messages written and unanswered.
+    pub(super) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// The messages waiting for a connection.
+    pub(super) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Whether it is pinned to connection `id`.
     pub(super) fn is_on(&self, id: crate::ConnectionId) -> bool {
         matches!(&self.state, State::Pinned(connection) if connection.id() == id)

@@ -29,7 +29,7 @@ use switchboard::{
     PoolConfigBuilder, PoolError, PoolHandle,
 };
 use tokio::io::DuplexStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio_util::codec::Framed;
 
 /// The pool type the tests use.
@@ -238,6 +238,10 @@ pub enum Gate {
     Hang,
     /// Panic inside the connect future (a buggy connector).
     Panic,
+    /// Wait until the test calls [`ScriptedConnector::release`], then connect as
+    /// `Open` does. An attempt dropped while it waits (its pool stopped) never
+    /// connects.
+    Hold,
 }
 
 /// A connector over a [`MemoryNetwork`] that a test can script: fail the Nth attempt,
@@ -247,6 +251,10 @@ pub struct ScriptedConnector {
     inner: MemoryConnector,
     script: Arc<Mutex<Script>>,
     attempts: Arc<AtomicUsize>,
+    /// Whether held attempts may go on (see [`Gate::Hold`]).
+    released: Arc<watch::Sender<bool>>,
+    /// Attempts waiting at a [`Gate::Hold`] now.
+    held: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -265,12 +273,29 @@ impl ScriptedConnector {
                 fail_attempts: Vec::new(),
             })),
             attempts: Arc::default(),
+            released: Arc::new(watch::channel(false).0),
+            held: Arc::default(),
         }
     }
 
     /// What every later attempt does.
     pub fn set_gate(&self, gate: Gate) {
+        if matches!(gate, Gate::Hold) {
+            self.released.send_replace(false);
+        }
         self.script.lock().unwrap().gate = gate;
+    }
+
+    /// Lets every attempt held at a [`Gate::Hold`] connect, and opens the gate.
+    pub fn release(&self) {
+        self.set_gate(Gate::Open);
+        self.released.send_replace(true);
+    }
+
+    /// Attempts waiting at a [`Gate::Hold`] now (an attempt dropped by its pool
+    /// no longer counts).
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Makes attempt number `n` (1-based, counted from the start) fail.
@@ -317,7 +342,35 @@ impl Connector for ScriptedConnector {
             }
             Gate::Hang => futures::future::pending().boxed_local(),
             Gate::Panic => async { panic!("scripted connector panic") }.boxed_local(),
+            Gate::Hold => {
+                let mut released = self.released.subscribe();
+                let holding = Holding::new(&self.held);
+                let (inner, authority) = (self.inner.clone(), authority.clone());
+                async move {
+                    // The sender lives as long as the connector: never closed here.
+                    let _ = released.wait_for(|&go| go).await;
+                    drop(holding);
+                    inner.connect(&authority).await
+                }
+                .boxed_local()
+            }
         }
+    }
+}
+
+/// Counts one attempt held at a [`Gate::Hold`] for as long as it lives.
+struct Holding(Arc<AtomicUsize>);
+
+impl Holding {
+    fn new(held: &Arc<AtomicUsize>) -> Self {
+        held.fetch_add(1, Ordering::SeqCst);
+        Self(held.clone())
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
