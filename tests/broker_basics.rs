@@ -1,11 +1,14 @@
 //! The Broker and the server side end to end over loopback TCP: requests reach their
 //! handlers and come back to their callers, and subscribers get what producers publish.
 
+mod forward;
+
+use forward::forward;
 use std::time::Duration;
 
 use actix::{Actor, Context, Handler};
 use bytes::Bytes;
-use switchboard::broker::{Delivery, ProducerId, Publish, Request};
+use switchboard::broker::{ProducerId, Publish, Request};
 use switchboard::protocol::frame::FrameProtocol;
 use switchboard::protocol::RemoteError;
 use switchboard::server::{Listener, Route, ServerBroker, ServerConfig, ServerRequest};
@@ -20,17 +23,6 @@ impl Handler<ServerRequest> for Echo {
     type Result = Result<Bytes, RemoteError>;
     fn handle(&mut self, request: ServerRequest, _: &mut Context<Self>) -> Self::Result {
         Ok(request.payload)
-    }
-}
-
-struct Collect(tokio::sync::mpsc::UnboundedSender<Delivery>);
-impl Actor for Collect {
-    type Context = Context<Self>;
-}
-impl Handler<Delivery> for Collect {
-    type Result = ();
-    fn handle(&mut self, delivery: Delivery, _: &mut Context<Self>) {
-        let _ = self.0.send(delivery);
     }
 }
 
@@ -58,11 +50,8 @@ async fn request_and_publish_round_trip_over_tcp() {
     let answer = broker.request(Request::new("echo", "hello")).await.unwrap();
     assert_eq!(answer, Bytes::from_static(b"hello"));
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    broker
-        .subscribe("news", Collect(tx).start().recipient())
-        .await
-        .unwrap();
+    let (subscriber, mut rx) = forward();
+    broker.subscribe("news", subscriber).await.unwrap();
     for n in 0..10u32 {
         let confirmed = broker
             .publish(Publish::ordered(

@@ -4,12 +4,13 @@
 //! working, many callers pipelining on one connection, big values, the bulk limit,
 //! the handshake (name, database, refused credentials) and pub/sub pushes.
 
+mod forward;
 mod redis_support;
 
+use forward::forward;
 use std::future::Future;
 use std::time::Duration;
 
-use actix::{Actor, Context, Handler};
 use bytes::Bytes;
 use redis_support::RedisServer;
 use switchboard::pool::PoolConfig;
@@ -360,26 +361,12 @@ async fn refused_credentials_fail_the_connect_with_a_clear_error() {
     .await;
 }
 
-/// Collects the pushes of a pool's connections.
-struct Pushes(mpsc::UnboundedSender<RespPush>);
-
-impl Actor for Pushes {
-    type Context = Context<Self>;
-}
-
-impl Handler<Pushed<RespProtocol>> for Pushes {
-    type Result = ();
-
-    fn handle(&mut self, pushed: Pushed<RespProtocol>, _: &mut Context<Self>) {
-        let _ = self.0.send(pushed.push);
-    }
-}
-
-async fn next_push(pushes: &mut mpsc::UnboundedReceiver<RespPush>) -> RespPush {
+async fn next_push(pushes: &mut mpsc::UnboundedReceiver<Pushed<RespProtocol>>) -> RespPush {
     tokio::time::timeout(Duration::from_secs(10), pushes.recv())
         .await
         .expect("a push within 10 s")
         .expect("the collector is alive")
+        .push
 }
 
 #[actix::test]
@@ -389,11 +376,10 @@ async fn a_subscribed_connection_receives_messages_as_pushes_between_its_replies
     };
     within("pub/sub", async {
         for version in [RespVersion::Resp3, RespVersion::Resp2] {
-            let (sender, mut pushes) = mpsc::unbounded_channel();
-            let collector = Pushes(sender).start();
+            let (collector, mut pushes) = forward();
             let pool = Pool::builder(connector(version), RespProtocol::new())
                 .config(pool_config(2))
-                .pushes(collector.recipient())
+                .pushes(collector)
                 .authority(server.authority())
                 .build()
                 .await

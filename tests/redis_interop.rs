@@ -3,25 +3,24 @@
 //! switchboard), lists, pub/sub both ways, and the same bytes on the wire for a
 //! command.
 
+mod forward;
 mod redis_support;
 
+use forward::forward;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use actix::{Actor, Context, Handler};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use redis_support::RedisServer;
-use switchboard::broker::Delivery;
 use switchboard::protocol::resp::{
     Command, Redis, RespCodec, RespConnector, RespFrame, RespLimits, RespProtocol, RespVersion,
     Value,
 };
 use switchboard::transport::TcpConnector;
 use switchboard::{Broker, Pool};
-use tokio::sync::mpsc;
 use tokio_util::codec::Encoder;
 
 /// Bounds every wait.
@@ -251,20 +250,6 @@ async fn lists_pushed_from_both_sides_keep_one_order() {
     assert_eq!(read, expected);
 }
 
-struct Collect(mpsc::UnboundedSender<Delivery>);
-
-impl Actor for Collect {
-    type Context = Context<Self>;
-}
-
-impl Handler<Delivery> for Collect {
-    type Result = ();
-
-    fn handle(&mut self, delivery: Delivery, _: &mut Context<Self>) {
-        let _ = self.0.send(delivery);
-    }
-}
-
 #[actix::test]
 async fn the_redis_crates_publish_reaches_a_switchboard_subscriber() {
     let Some(server) = RedisServer::start() else {
@@ -275,13 +260,10 @@ async fn the_redis_crates_publish_reaches_a_switchboard_subscriber() {
         server.authority(),
     )
     .start();
-    let (sender, mut deliveries) = mpsc::unbounded_channel();
-    within(
-        "subscribe",
-        broker.subscribe("interop", Collect(sender).start().recipient()),
-    )
-    .await
-    .expect("subscribed");
+    let (subscriber, mut deliveries) = forward();
+    within("subscribe", broker.subscribe("interop", subscriber))
+        .await
+        .expect("subscribed");
 
     let client = redis_crate_client(&server);
     let mut theirs = within("connect", client.get_multiplexed_async_connection())

@@ -3,11 +3,12 @@
 //! comes back after its connection is killed and after the server restarts; requests
 //! by route are refused with a typed error, not sent.
 
+mod forward;
 mod redis_support;
 
+use forward::forward;
 use std::time::Duration;
 
-use actix::{Actor, Context, Handler};
 use bytes::Bytes;
 use redis_support::RedisServer;
 use switchboard::broker::{BrokerError, Delivery, ProducerId, Publish, Request};
@@ -20,17 +21,6 @@ use tokio::sync::mpsc;
 const WAIT: Duration = Duration::from_secs(10);
 
 type RedisBroker = BrokerHandle<RespConnector<TcpConnector>, RespProtocol>;
-
-struct Collect(mpsc::UnboundedSender<Delivery>);
-impl Actor for Collect {
-    type Context = Context<Self>;
-}
-impl Handler<Delivery> for Collect {
-    type Result = ();
-    fn handle(&mut self, delivery: Delivery, _: &mut Context<Self>) {
-        let _ = self.0.send(delivery);
-    }
-}
 
 fn broker(server: &RedisServer, version: RespVersion) -> RedisBroker {
     let connector = RespConnector::new(TcpConnector::new()).version(version);
@@ -48,14 +38,11 @@ fn broker(server: &RedisServer, version: RespVersion) -> RedisBroker {
 }
 
 async fn subscribe(broker: &RedisBroker, topic: &'static str) -> mpsc::UnboundedReceiver<Delivery> {
-    let (sender, receiver) = mpsc::unbounded_channel();
-    tokio::time::timeout(
-        WAIT,
-        broker.subscribe(topic, Collect(sender).start().recipient()),
-    )
-    .await
-    .expect("subscribe answered in time")
-    .expect("subscribed");
+    let (subscriber, receiver) = forward();
+    tokio::time::timeout(WAIT, broker.subscribe(topic, subscriber))
+        .await
+        .expect("subscribe answered in time")
+        .expect("subscribed");
     receiver
 }
 

@@ -5,9 +5,12 @@
 //! included), and the handshake falls back to RESP2, refuses what it must, and is
 //! bounded by its timeout.
 
+mod forward;
+
+use forward::forward;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Context, Handler};
+use actix::Addr;
 use bytes::Bytes;
 use futures::StreamExt;
 use switchboard::protocol::resp::{
@@ -24,35 +27,19 @@ use tokio_util::codec::Framed;
 /// Bounds every wait for something that should happen.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Collects a connection's pushes.
-struct Pushes(mpsc::UnboundedSender<RespPush>);
-
-impl Actor for Pushes {
-    type Context = Context<Self>;
-}
-
-impl Handler<Pushed<RespProtocol>> for Pushes {
-    type Result = ();
-
-    fn handle(&mut self, pushed: Pushed<RespProtocol>, _: &mut Context<Self>) {
-        let _ = self.0.send(pushed.push);
-    }
-}
-
 struct Setup {
     conn: Addr<Connection<DuplexStream, RespProtocol>>,
     /// The scripted redis: reads commands with the RESP codec, writes raw bytes.
     peer: Framed<DuplexStream, RespCodec>,
-    pushes: mpsc::UnboundedReceiver<RespPush>,
+    pushes: mpsc::UnboundedReceiver<Pushed<RespProtocol>>,
 }
 
 fn start(config: ConnectionConfig) -> Setup {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let (sender, pushes) = mpsc::unbounded_channel();
-    let collector = Pushes(sender).start();
+    let (collector, pushes) = forward();
     let conn = Connection::builder(client, RespProtocol::new())
         .config(config)
-        .pushes(collector.recipient())
+        .pushes(collector)
         .start();
     Setup {
         conn,
@@ -80,11 +67,12 @@ async fn write(peer: &mut Framed<DuplexStream, RespCodec>, bytes: &[u8]) {
     peer.get_mut().write_all(bytes).await.unwrap();
 }
 
-async fn next_push(pushes: &mut mpsc::UnboundedReceiver<RespPush>) -> RespPush {
+async fn next_push(pushes: &mut mpsc::UnboundedReceiver<Pushed<RespProtocol>>) -> RespPush {
     tokio::time::timeout(WAIT, pushes.recv())
         .await
         .expect("a push within the wait")
         .expect("the collector is alive")
+        .push
 }
 
 fn bulk(bytes: &'static [u8]) -> Value {
