@@ -372,6 +372,22 @@ fn a_line_without_crlf_cannot_grow_the_buffer_past_the_limit() {
     assert!(matches!(error, RespError::LineTooLong { .. }), "{error:?}");
 }
 
+/// Regression: `max_line_length(usize::MAX)`, the natural way to say "no limit",
+/// overflowed `max + 2` while looking for the line's end: a panic in debug builds, and
+/// every line refused as `LineTooLong` in release builds.
+#[test]
+fn a_line_limit_of_usize_max_means_no_limit() {
+    for max in [usize::MAX, usize::MAX - 1] {
+        let limits = RespLimits::default().max_line_length(max);
+        let mut line = vec![b'+'];
+        line.extend_from_slice(&[b'x'; 100_000]);
+        line.extend_from_slice(b"\r\n:42\r\n");
+        let frames = decode_chunked(&mut RespCodec::new(limits), &line, &[7, 4096]).unwrap();
+        assert_eq!(frames.len(), 2, "max_line_length {max}");
+        assert!(matches!(&frames[1], RespFrame::Reply(Value::Integer(42))));
+    }
+}
+
 #[test]
 fn unknown_type_bytes_are_errors() {
     for byte in [b'?', b'x', 0, b' ', b'.', b';', 0xff] {

@@ -318,8 +318,10 @@ impl RespCodec {
     /// arrived; an error if it cannot end within `max_line_length`.
     fn find_line(&mut self, src: &BytesMut) -> Result<Option<usize>, RespError> {
         let max = self.limits.max_line_length;
-        // The `\n` may be at most at `max + 1` (the line, then `\r`).
-        let upto = src.len().min(max + 2);
+        // The `\n` may be at most at `max + 1` (the line, then `\r`). Saturating, so
+        // that `usize::MAX` means no limit rather than an overflow.
+        let room = max.saturating_add(2);
+        let upto = src.len().min(room);
         let from = self.scanned.min(upto);
         let window = &src[from..upto];
         match window.iter().position(|&b| b == b'\n') {
@@ -333,7 +335,7 @@ impl RespCodec {
                 }
                 Ok(Some(newline - 1))
             }
-            None if src.len() >= max + 2 => Err(RespError::LineTooLong { max }),
+            None if src.len() >= room => Err(RespError::LineTooLong { max }),
             None => {
                 self.scanned = src.len();
                 Ok(None)
