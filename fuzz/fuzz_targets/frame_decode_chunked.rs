@@ -13,7 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchboard_fuzz::decode_stream;
+use switchboard_fuzz::{chunks, decode_stream};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&count, rest)) = data.split_first() else {
@@ -27,17 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let (limit, stream) = rest.split_at(2);
     let max_frame_length = usize::from(u16::from_be_bytes([limit[0], limit[1]]));
 
-    let mut chunks = Vec::new();
-    let mut remaining = stream;
-    let mut sizes = sizes.iter().map(|&size| usize::from(size.max(1))).cycle();
-    while !remaining.is_empty() {
-        let size = sizes.next().unwrap_or(remaining.len()).min(remaining.len());
-        let (chunk, tail) = remaining.split_at(size);
-        chunks.push(chunk);
-        remaining = tail;
-    }
-
-    let chunked = decode_stream(max_frame_length, chunks);
+    let chunked = decode_stream(max_frame_length, chunks(sizes, stream));
     let whole = decode_stream(max_frame_length, [stream]);
     assert_eq!(
         chunked, whole,
