@@ -81,7 +81,7 @@ use tokio_util::codec::{Decoder, Encoder};
 #[path = "../fuzz/src/resp_reader.rs"]
 mod resp_reader;
 
-use resp_reader::{as_decoded, integer, message_kind, read, End, Reading};
+use resp_reader::{as_decoded, integer, is_push, message_kind, push_items, read, End, Reading};
 
 /// Cases per property: enough to reach every check (see the `..._reach_every_outcome`
 /// tests), few enough to run in seconds in debug builds.
@@ -747,11 +747,13 @@ fn feed_resp(
 }
 
 /// `frame` is what the codec makes of `value`, a top-level value [`read`] found: a
-/// reply, or for a `>` push a push (no subscribe was written, so no push confirms one).
+/// reply, or for a `>` push (an attribute before it or not) a push (no subscribe was
+/// written, so no push confirms one).
 /// Returns the outcome's name.
 fn check_resp_frame(frame: &RespFrame, value: &Value) -> Result<String, TestCaseError> {
     let (decoded, name) = match (frame, value) {
-        (RespFrame::Push(push), Value::Push(items)) => {
+        (RespFrame::Push(push), value) if is_push(value) => {
+            let items = push_items(value).expect("a push");
             let name = match message_kind(items) {
                 Some(kind) => {
                     prop_assert_eq!(&push.kind, &kind);
@@ -764,9 +766,7 @@ fn check_resp_frame(frame: &RespFrame, value: &Value) -> Result<String, TestCase
             };
             (push.to_value(), name)
         }
-        (RespFrame::Reply(reply), value) if !matches!(value, Value::Push(_)) => {
-            (reply.clone(), "reply")
-        }
+        (RespFrame::Reply(reply), value) if !is_push(value) => (reply.clone(), "reply"),
         (frame, value) => return Err(fail(format!("{frame:?} came of {value:?}"))),
     };
     prop_assert!(

@@ -792,7 +792,13 @@ fn any_value() -> impl Strategy<Value = Value> {
 
 /// A top-level value: anything but a push (which the codec turns into a `RespPush`).
 fn top_level_value() -> impl Strategy<Value = Value> {
-    any_value().prop_filter("pushes are classified", |v| !matches!(v, Value::Push(_)))
+    any_value().prop_filter("pushes are classified", |value| {
+        let mut inner = value;
+        while let Value::Attribute { data, .. } = inner {
+            inner = data;
+        }
+        !matches!(inner, Value::Push(_))
+    })
 }
 
 proptest! {
@@ -857,5 +863,25 @@ proptest! {
         let mut expected = vec![bulk(b"CMD")];
         expected.extend(args.into_iter().map(|arg| Value::Bulk(Bytes::from(arg))));
         prop_assert_eq!(frames, vec![RespFrame::Reply(Value::Array(expected))]);
+    }
+}
+
+/// An attribute before a push leaves it a push: were it taken for a reply, the
+/// connection would hand it to the oldest call as its answer. An attribute before a
+/// reply stays with the reply.
+#[test]
+fn an_attribute_before_a_push_leaves_it_a_push() {
+    let mut codec = RespCodec::default();
+    let input = b"|1\r\n+key-popularity\r\n:3\r\n>3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n\
+                  |1\r\n+ttl\r\n:5\r\n+OK\r\n";
+    let frames = decode_all(&mut codec, input);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    match &frames[0] {
+        RespFrame::Push(push) => assert_eq!(push, &RespPush::message("ch", "hi")),
+        other => panic!("an attributed push came out as {other:?}"),
+    }
+    match &frames[1] {
+        RespFrame::Reply(Value::Attribute { data, .. }) => assert_eq!(**data, simple(b"OK")),
+        other => panic!("an attributed reply came out as {other:?}"),
     }
 }

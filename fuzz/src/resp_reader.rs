@@ -287,11 +287,28 @@ pub fn message_kind(items: &[Value]) -> Option<PushKind> {
     }
 }
 
+/// Whether the codec hands a top-level `value` over as a push (when no subscribe was
+/// written): a `>` push, with or without attributes before it.
+pub fn is_push(value: &Value) -> bool {
+    push_items(value).is_some()
+}
+
+/// The items of a top-level push, past any attributes before it.
+pub fn push_items(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Push(items) => Some(items),
+        Value::Attribute { data, .. } => push_items(data),
+        _ => None,
+    }
+}
+
 /// What the codec hands over for a top-level `value` when no subscribe was written, as
 /// the value it encodes back to: a push of a message's shape keeps its strings' bytes
 /// but not their wire forms (each comes back a bulk string); anything else is itself.
 pub fn as_decoded(value: &Value) -> Value {
     match value {
+        // Attributes before a push are dropped, the push handed over.
+        Value::Attribute { data, .. } if is_push(data) => as_decoded(data),
         Value::Push(items) if message_kind(items).is_some() => Value::Push(
             items
                 .iter()

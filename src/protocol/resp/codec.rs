@@ -373,6 +373,15 @@ impl RespCodec {
                 }
                 RespFrame::Reply(Value::Array(items))
             }
+            // An attribute describes the value after it; before a push, the push is
+            // still out of band, never the answer to a call. `RespPush` has no place
+            // for attributes, so they are dropped.
+            mut value @ Value::Attribute { .. } if is_attributed_push(&value) => {
+                while let Value::Attribute { data, .. } = value {
+                    value = *data;
+                }
+                self.classify(value)
+            }
             other => RespFrame::Reply(other),
         }
     }
@@ -433,6 +442,14 @@ impl Count {
 }
 
 /// Keys and values, alternating, as pairs.
+/// Whether `value` is a push with one or more attributes before it.
+fn is_attributed_push(mut value: &Value) -> bool {
+    while let Value::Attribute { data, .. } = value {
+        value = data;
+    }
+    matches!(value, Value::Push(_))
+}
+
 fn pairs(items: Vec<Value>) -> Vec<(Value, Value)> {
     let mut pairs = Vec::with_capacity(items.len() / 2);
     let mut items = items.into_iter();
