@@ -23,18 +23,6 @@ const FIXED_HEADER: usize = 10;
 /// The `flags` bit that announces a topic.
 const FLAG_TOPIC: u8 = 0b0000_0001;
 
-const ALL_KINDS: [FrameKind; 9] = [
-    FrameKind::Request,
-    FrameKind::Response,
-    FrameKind::Error,
-    FrameKind::Push,
-    FrameKind::Ping,
-    FrameKind::Pong,
-    FrameKind::Publish,
-    FrameKind::Subscribe,
-    FrameKind::Unsubscribe,
-];
-
 // ---------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------
@@ -155,7 +143,7 @@ fn every_kind_round_trips_with_and_without_topic_and_payload() {
     ];
     let payloads = [Bytes::new(), Bytes::from_static(b"\x00payload\xff")];
     let mut codec = FrameCodec::default();
-    for kind in ALL_KINDS {
+    for kind in FrameKind::ALL {
         for topic in &topics {
             for payload in &payloads {
                 let sent = Frame {
@@ -457,7 +445,7 @@ fn unknown_kind_is_refused_as_soon_as_the_kind_byte_arrives() {
 
 #[test]
 fn every_known_kind_byte_is_accepted() {
-    for kind in ALL_KINDS {
+    for kind in FrameKind::ALL {
         let mut codec = FrameCodec::default();
         let mut buffer = raw_header(FIXED_HEADER as u32, kind as u8, 0, 5);
         let frame = codec.decode(&mut buffer).unwrap().unwrap();
@@ -688,7 +676,7 @@ fn protocol_request_and_ping_frames_carry_the_id_through_the_wire() {
 // ---------------------------------------------------------------------------------
 
 fn any_kind() -> impl Strategy<Value = FrameKind> {
-    prop::sample::select(ALL_KINDS.to_vec())
+    prop::sample::select(FrameKind::ALL.to_vec())
 }
 
 fn any_frame() -> impl Strategy<Value = Frame> {

@@ -247,19 +247,6 @@ const FLAG_TOPIC: u8 = 0b0000_0001;
 /// inside it; any prefix honoured beyond the limit would not.
 const CAPACITY_BOUND: usize = 64 * 1024;
 
-const ALL_KINDS: [FrameKind; 10] = [
-    FrameKind::Request,
-    FrameKind::Response,
-    FrameKind::Error,
-    FrameKind::Push,
-    FrameKind::Ping,
-    FrameKind::Pong,
-    FrameKind::Publish,
-    FrameKind::PublishOrdered,
-    FrameKind::Subscribe,
-    FrameKind::Unsubscribe,
-];
-
 /// Feeds `wire` to the codec of `FrameProtocol::new(max)`, split at `cuts`, and checks
 /// every outcome as it happens.
 fn feed(max: usize, wire: &[u8], cuts: &[usize]) -> Result<Run<Frame, FrameError>, TestCaseError> {
@@ -347,7 +334,7 @@ fn check_error(
         }
         FrameError::UnknownKind(kind) => {
             prop_assert_eq!(buffer.get(PREFIX), Some(kind));
-            prop_assert!(!ALL_KINDS.iter().any(|known| *known as u8 == *kind));
+            prop_assert!(!FrameKind::ALL.iter().any(|known| *known as u8 == *kind));
             Ok("UnknownKind")
         }
         FrameError::ReservedFlags(flags) => {
@@ -413,7 +400,7 @@ fn encode_all(frames: &[Frame]) -> Vec<u8> {
 /// A valid frame of at most 92 bytes after the length prefix.
 fn small_frame() -> impl Strategy<Value = Frame> {
     (
-        prop::sample::select(ALL_KINDS.to_vec()),
+        prop::sample::select(FrameKind::ALL.to_vec()),
         any::<u64>(),
         prop::option::of(prop::collection::vec(any::<u8>(), 0..16)),
         prop::collection::vec(any::<u8>(), 0..64),

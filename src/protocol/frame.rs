@@ -82,20 +82,23 @@ pub enum FrameKind {
 pub const PUBLISH_FENCE_LENGTH: usize = 24;
 
 impl FrameKind {
+    /// Every kind, in the order of their bytes (`ALL[n]` is byte `n + 1`).
+    pub const ALL: [FrameKind; 10] = [
+        Self::Request,
+        Self::Response,
+        Self::Error,
+        Self::Push,
+        Self::Ping,
+        Self::Pong,
+        Self::Publish,
+        Self::Subscribe,
+        Self::Unsubscribe,
+        Self::PublishOrdered,
+    ];
+
     fn from_byte(byte: u8) -> Option<Self> {
-        Some(match byte {
-            1 => Self::Request,
-            2 => Self::Response,
-            3 => Self::Error,
-            4 => Self::Push,
-            5 => Self::Ping,
-            6 => Self::Pong,
-            7 => Self::Publish,
-            8 => Self::Subscribe,
-            9 => Self::Unsubscribe,
-            10 => Self::PublishOrdered,
-            _ => return None,
-        })
+        let index = usize::from(byte.checked_sub(1)?);
+        Self::ALL.get(index).copied()
     }
 }
 
@@ -627,6 +630,23 @@ impl Protocol for FrameProtocol {
         match error {
             FrameError::Io(error) => CloseReason::Io(Arc::new(error)),
             other => CloseReason::Decode(Arc::new(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameKind;
+
+    #[test]
+    fn every_kind_is_read_from_its_own_byte_and_no_other_byte_is_a_kind() {
+        for (n, kind) in FrameKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, n + 1, "{kind:?} out of place in ALL");
+        }
+        for byte in 0..=u8::MAX {
+            let kind = FrameKind::from_byte(byte);
+            assert_eq!(kind.map(|kind| kind as u8), kind.map(|_| byte));
+            assert_eq!(kind.is_some(), (1..=10).contains(&byte), "byte {byte}");
         }
     }
 }
