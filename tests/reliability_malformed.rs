@@ -35,9 +35,9 @@ use reliability_common::*;
 use switchboard::protocol::frame::{
     FrameError, FrameKind, FrameProtocol, FrameRequest, DEFAULT_MAX_FRAME_LENGTH,
 };
-use switchboard::testkit::{Direction, Fault, FaultProxy, MockPeer, Probe};
+use switchboard::testkit::{Direction, Fault, FaultProxy, MockPeer, Probe, ProxyHandle};
 use switchboard::transport::TcpConnector;
-use switchboard::{Authority, Call, CallError, CloseReason, ConnectionEvent, Pool};
+use switchboard::{Authority, Call, CallError, CloseReason, ConnectionEvent, Lease, Pool};
 use tokio::net::TcpStream;
 
 /// Counts, per thread, the largest single allocation (or reallocation) asked for, so
@@ -401,16 +401,46 @@ async fn a_frame_cut_by_end_of_stream_fails_the_pending_call_as_truncated() {
     within(REAL_WAIT, "close", pool.close()).await;
 }
 
-#[actix::test]
-async fn hostile_bytes_arriving_one_per_segment_give_the_same_typed_error() {
+/// One pooled connection whose peer's bytes reach it one per segment, through a
+/// proxy that slices them; leased.
+struct Sliced {
+    /// Kept for its listener.
+    _bed: TcpBed,
+    proxy: ProxyHandle,
+    events: Probe<ConnectionEvent>,
+    pool: TcpPool,
+    peer: TcpPeer,
+    lease: Lease<TcpConnector, FrameProtocol>,
+}
+
+async fn sliced() -> Sliced {
     let bed = TcpBed::new().await;
     let proxy = FaultProxy::start(bed.addr).unwrap();
     proxy.inject(Direction::Downstream, Fault::Slice(1)).await;
-    let mut events = Probe::<ConnectionEvent>::start();
+    let events = Probe::<ConnectionEvent>::start();
     let pool = tcp_pool(proxy.authority(), FrameProtocol::default(), 1, &events).await;
-    let mut peer = bed.accept().await;
-    let a = proxy.authority();
-    let lease = pool.checkout(&a).await.unwrap();
+    let peer = bed.accept().await;
+    let lease = pool.checkout(&proxy.authority()).await.unwrap();
+    Sliced {
+        _bed: bed,
+        proxy,
+        events,
+        pool,
+        peer,
+        lease,
+    }
+}
+
+#[actix::test]
+async fn hostile_bytes_arriving_one_per_segment_give_the_same_typed_error() {
+    let Sliced {
+        _bed,
+        proxy,
+        mut events,
+        pool,
+        mut peer,
+        lease,
+    } = sliced().await;
     let id = lease.id();
 
     // A good reply arriving a byte at a time is read whole.
@@ -451,13 +481,14 @@ type Expected = fn(&FrameError) -> bool;
 /// proxy, with a call pending: the connection closes with the error `expected`
 /// accepts, and the call fails with it.
 async fn one_per_segment_gives(bytes: &[u8], close: bool, expected: Expected) {
-    let bed = TcpBed::new().await;
-    let proxy = FaultProxy::start(bed.addr).unwrap();
-    proxy.inject(Direction::Downstream, Fault::Slice(1)).await;
-    let mut events = Probe::<ConnectionEvent>::start();
-    let pool = tcp_pool(proxy.authority(), FrameProtocol::default(), 1, &events).await;
-    let mut peer = bed.accept().await;
-    let lease = pool.checkout(&proxy.authority()).await.unwrap();
+    let Sliced {
+        _bed,
+        proxy,
+        mut events,
+        pool,
+        mut peer,
+        lease,
+    } = sliced().await;
     let pending = actix::spawn(lease.send(Call::new(FrameRequest::new("pending"))));
     peer.expect_request(REAL_WAIT).await;
     peer.send_raw(bytes).await;
