@@ -515,6 +515,49 @@ fn spawn_by_message(pool: &TestPool, authority: &Authority) -> [ByMessage; 2] {
     ]
 }
 
+/// One waiter of each kind queued behind a held connect.
+struct Waiters {
+    exclusive: JoinHandle<Result<TestLease, PoolError>>,
+    shared: JoinHandle<Result<ConnectionId, PoolError>>,
+    by_message: [ByMessage; 2],
+}
+
+/// Queues, in this order, an exclusive checkout (behind the connect under way), a
+/// shared one, and one of each sent to the pool actor as messages; returns once the
+/// first two are in line, the messages sent.
+async fn queue_one_of_each(pool: &TestPool, authority: &Authority, limit: Duration) -> Waiters {
+    let exclusive = spawn_checkout(pool, authority);
+    until(pool, limit, |s| s.waiters == 1 && s.connecting == 1).await;
+    let shared = spawn_shared(pool, authority);
+    until(pool, limit, |s| s.waiters == 2).await;
+    let by_message = spawn_by_message(pool, authority);
+    Waiters {
+        exclusive,
+        shared,
+        by_message,
+    }
+}
+
+impl Waiters {
+    /// The exclusive and the shared waiter end with `PoolError::Closed` within
+    /// `limit`; returns the waiters by message, whose ends the test checks.
+    async fn assert_closed(self, limit: Duration) -> [ByMessage; 2] {
+        let exclusive = within(limit, "exclusive waiter ends", self.exclusive)
+            .await
+            .unwrap();
+        assert!(
+            matches!(exclusive, Err(PoolError::Closed)),
+            "{:?}",
+            exclusive.map(|lease| lease.id())
+        );
+        let shared = within(limit, "shared waiter ends", self.shared)
+            .await
+            .unwrap();
+        assert!(matches!(shared, Err(PoolError::Closed)), "{shared:?}");
+        self.by_message
+    }
+}
+
 #[actix::test]
 async fn a_supervised_pool_closed_while_its_connects_are_held_answers_its_waiters_and_counts_right_after_the_restart(
 ) {
@@ -532,28 +575,14 @@ async fn a_supervised_pool_closed_while_its_connects_are_held_answers_its_waiter
     // The connect for `min_idle` is held; an exclusive waiter queues behind it, then
     // a shared one (whose demand starts a second connect, held too), then one of
     // each through the actor's messages.
-    let exclusive = spawn_checkout(&pool, &a);
-    until(&pool, WAIT, |s| s.waiters == 1 && s.connecting == 1).await;
-    let shared = spawn_shared(&pool, &a);
-    until(&pool, WAIT, |s| s.waiters == 2).await;
-    let by_message = spawn_by_message(&pool, &a);
+    let waiters = queue_one_of_each(&pool, &a, WAIT).await;
     let queued = until(&pool, WAIT, |s| s.waiters == 4 && s.connecting == 2).await;
     assert_eq!(only(&queued).size, 0, "{queued:#?}");
     assert_eq!(connector.held(), 2);
 
     let outcome = within(WAIT, "close", pool.close()).await;
     assert_eq!(outcome, ShutdownOutcome::Clean);
-    let exclusive = within(WAIT, "exclusive waiter ends", exclusive)
-        .await
-        .unwrap();
-    assert!(
-        matches!(exclusive, Err(PoolError::Closed)),
-        "{:?}",
-        exclusive.map(|lease| lease.id())
-    );
-    let shared = within(WAIT, "shared waiter ends", shared).await.unwrap();
-    assert!(matches!(shared, Err(PoolError::Closed)), "{shared:?}");
-    for waiter in by_message {
+    for waiter in waiters.assert_closed(WAIT).await {
         let result = within(WAIT, "waiter by message ends", waiter)
             .await
             .unwrap();
@@ -651,11 +680,7 @@ async fn a_pool_whose_arbiter_stops_fails_every_waiter_at_once_and_refuses_later
     let lease = pool.checkout(&a).await.unwrap();
     let calls = spawn_calls(&lease, 1, 60_000);
     connector.set_gate(Gate::Hold);
-    let exclusive = spawn_checkout(&pool, &a);
-    until(&pool, REAL_WAIT, |s| s.waiters == 1 && s.connecting == 1).await;
-    let shared = spawn_shared(&pool, &a);
-    until(&pool, REAL_WAIT, |s| s.waiters == 2).await;
-    let by_message = spawn_by_message(&pool, &a);
+    let waiters = queue_one_of_each(&pool, &a, REAL_WAIT).await;
     let queued = until(&pool, REAL_WAIT, |s| s.waiters == 4 && s.leased == 1).await;
     assert_eq!(only(&queued).connecting, 1, "{queued:#?}");
     eventually(REAL_WAIT, "the connect is held", || async {
@@ -671,18 +696,7 @@ async fn a_pool_whose_arbiter_stops_fails_every_waiter_at_once_and_refuses_later
     doomed.join().unwrap();
     // Everyone hears at once (the pool's `stopped` fails its waiters), not at the end
     // of their checkout timeout.
-    let exclusive = within(REAL_WAIT, "exclusive waiter ends", exclusive)
-        .await
-        .unwrap();
-    assert!(
-        matches!(exclusive, Err(PoolError::Closed)),
-        "{:?}",
-        exclusive.map(|lease| lease.id())
-    );
-    let shared = within(REAL_WAIT, "shared waiter ends", shared)
-        .await
-        .unwrap();
-    assert!(matches!(shared, Err(PoolError::Closed)), "{shared:?}");
+    let by_message = waiters.assert_closed(REAL_WAIT).await;
     // Checkouts by message answer from a task on the pool's arbiter, which went with
     // it: the sender hears that the actor is gone.
     for waiter in by_message {
