@@ -301,7 +301,14 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         self.stats.repins += 1;
         let pool = self.pool.clone();
         let authority = self.authority.clone();
-        let pick = async move { pool.shared_by(&authority, Spread::TwoChoices, None).await };
+        // The producer's whole window counts on the connection it pins, so that
+        // producers spread over the connections (and grow the pool) as their
+        // publishes would, instead of all pinning the first one while it looks idle.
+        let window = self.config.max_unconfirmed;
+        let pick = async move {
+            pool.shared_claiming(&authority, Spread::TwoChoices, None, window)
+                .await
+        };
         ctx.spawn(pick.into_actor(self).map(move |picked, this, ctx| {
             let Some(producer) = this.producers.get_mut(&id) else {
                 return;

@@ -19,6 +19,7 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             self.addr.clone(),
             self.config.min_idle,
             self.config.max_size,
+            self.connection.max_in_flight(),
         ));
         group.lock().phase = self.phase;
         self.registry.insert(group.clone());
@@ -68,8 +69,10 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         // A request to grow is answered now or dropped (no room): shared use asks
         // again if the load is still there, and a stale request must not open a
         // connection long after the load is gone.
-        state.grow_wanted = false;
+        state.grow_wanted = 0;
         if count == 0 {
+            // Nothing is on its way for the shared waiters: what is open serves them.
+            state.serve_shared_waiters(&group.authority);
             let starved = global_room == 0 && state.wanted().min(state.room()) > 0;
             drop(state);
             if starved {

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -59,6 +59,11 @@ pub(crate) struct Member<C: Connector, P: Protocol> {
     shared: AtomicBool,
     /// Whether the actor is closing it; set with the lock held.
     retiring: AtomicBool,
+    /// Work handed out on it and not yet given back: what its live
+    /// [`SharedConnection`]s claim (one call each, or a producer's whole window).
+    /// Unlike the gauge, which counts calls the connection has written, this moves
+    /// the moment a pick is made, so the picks of a burst see each other.
+    handed: AtomicUsize,
 }
 
 impl<C: Connector, P: Protocol> Member<C, P> {
@@ -78,7 +83,30 @@ impl<C: Connector, P: Protocol> Member<C, P> {
             place: AtomicU8::new(Place::Busy as u8),
             shared: AtomicBool::new(false),
             retiring: AtomicBool::new(false),
+            handed: AtomicUsize::new(0),
         }
+    }
+
+    /// Its load for picking: calls written and waiting for replies, or work handed
+    /// out on it, whichever is more. (A caller's call is counted by both once it is
+    /// written, so the larger one, not the sum, is the work it carries.)
+    pub(crate) fn load(&self) -> usize {
+        self.gauge.get().max(self.handed.load(Ordering::Relaxed))
+    }
+
+    /// Counts `claim` more handed out on it (a new [`SharedConnection`]).
+    pub(crate) fn claim(&self, claim: usize) {
+        self.handed.fetch_add(claim, Ordering::Relaxed);
+    }
+
+    /// What its live [`SharedConnection`]s claim.
+    pub(crate) fn handed(&self) -> usize {
+        self.handed.load(Ordering::Relaxed)
+    }
+
+    /// Gives back what a dropped [`SharedConnection`] claimed.
+    pub(crate) fn release(&self, claim: usize) {
+        self.handed.fetch_sub(claim, Ordering::Relaxed);
     }
 
     pub(crate) fn place(&self) -> Place {
@@ -120,9 +148,6 @@ pub(crate) struct Idle<C: Connector, P: Protocol> {
     pub(crate) checked: Instant,
 }
 
-/// A member picked for shared use: its load, itself, and when it was last known good.
-type Pick<C, P> = (usize, Arc<Member<C, P>>, Instant);
-
 /// A checkout waiting for a connection.
 enum Waiter<C: Connector, P: Protocol> {
     Exclusive {
@@ -133,6 +158,8 @@ enum Waiter<C: Connector, P: Protocol> {
     Shared {
         id: u64,
         since: Instant,
+        /// What its pick will claim on a connection.
+        claim: usize,
         tx: oneshot::Sender<Result<SharedConnection<C, P>, PoolError>>,
     },
 }
@@ -179,6 +206,8 @@ pub(crate) struct GroupState<C: Connector, P: Protocol> {
     pub(crate) idle: Vec<Idle<C, P>>,
     waiters: VecDeque<Waiter<C, P>>,
     shared_waiters: usize,
+    /// What the shared waiters claim, together.
+    shared_claims_waiting: usize,
     next_waiter: u64,
     /// Where the next shared pick starts looking, for round-robin ties.
     next_shared: usize,
@@ -204,8 +233,9 @@ pub(crate) struct GroupState<C: Connector, P: Protocol> {
     pub(crate) last_connect_error: Option<ConnectError>,
     /// A `Demand` is on its way to the actor; set so bursts send one.
     pub(crate) demand_signalled: bool,
-    /// Shared use found every connection past the grow threshold.
-    pub(crate) grow_wanted: bool,
+    /// Connections shared use wants on top of those open and opening: its load
+    /// passed `grow_threshold` per connection.
+    pub(crate) grow_wanted: usize,
     pub(crate) counters: CheckoutStats,
     /// The authority's metric handles and what they were last told (feature
     /// `metrics`; published as the lock is released, see `GroupGuard`).
@@ -231,10 +261,8 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         let have = self.members - self.retiring + self.connecting;
         let for_min = (self.min_idle + self.replacing).saturating_sub(have);
         let for_waiters = self.waiting_demand().saturating_sub(self.connecting);
-        // One growth connection at a time: the next one is wanted only if the load
-        // still calls for it once this one is open.
-        let for_growth = usize::from(self.grow_wanted && self.connecting == 0);
-        for_min.max(for_waiters).max(for_growth)
+        // Growth is counted against what is open and opening when it is asked for.
+        for_min.max(for_waiters).max(self.grow_wanted)
     }
 
     /// Room under `max_size` (replacements may go one over `min_idle`, never over
@@ -271,26 +299,31 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         self.next_waiter += 1;
         let id = self.next_waiter;
         let waiter = make(id);
-        if matches!(waiter, Waiter::Shared { .. }) {
+        if let Waiter::Shared { claim, .. } = &waiter {
             self.shared_waiters += 1;
+            self.shared_claims_waiting = self.shared_claims_waiting.saturating_add(*claim);
         }
         self.waiters.push_back(waiter);
         id
     }
 
+    /// Counts a waiter out of the queue.
+    fn note_left(&mut self, waiter: &Waiter<C, P>) {
+        if let Waiter::Shared { claim, .. } = waiter {
+            self.shared_waiters -= 1;
+            self.shared_claims_waiting = self.shared_claims_waiting.saturating_sub(*claim);
+        }
+    }
+
     fn pop_waiter(&mut self) -> Option<Waiter<C, P>> {
         let waiter = self.waiters.pop_front()?;
-        if matches!(waiter, Waiter::Shared { .. }) {
-            self.shared_waiters -= 1;
-        }
+        self.note_left(&waiter);
         Some(waiter)
     }
 
     fn remove_waiter_at(&mut self, at: usize) -> Option<Waiter<C, P>> {
         let waiter = self.waiters.remove(at)?;
-        if matches!(waiter, Waiter::Shared { .. }) {
-            self.shared_waiters -= 1;
-        }
+        self.note_left(&waiter);
         Some(waiter)
     }
 
@@ -298,9 +331,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     fn remove_waiter(&mut self, id: u64) -> Option<Waiter<C, P>> {
         let at = self.waiters.iter().position(|waiter| waiter.id() == id)?;
         let waiter = self.waiters.remove(at)?;
-        if matches!(waiter, Waiter::Shared { .. }) {
-            self.shared_waiters -= 1;
-        }
+        self.note_left(&waiter);
         Some(waiter)
     }
 
@@ -339,18 +370,26 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
         None
     }
 
-    /// The member in shared use with the fewest calls in flight, and that number.
-    /// Ties go round robin: the gauges count only calls a connection has written, so
-    /// a burst of callers would otherwise all see zeros and pile onto the first one.
-    /// An idle member not yet shared is recruited when none is shared, or when every
-    /// shared one has `grow_threshold` calls in flight. The pick counts as use for the
-    /// idle timeout.
-    fn least_loaded(
+    /// Picks a member for shared use, or says to wait for one on its way.
+    ///
+    /// Load is [`Member::load`]: what was handed out counts at once, so the picks of
+    /// a burst see each other. The group's shared demand (the load of its shared
+    /// members, what shared waiters claim, and this pick's `claim`) decides how many
+    /// connections it wants, one per `grow_threshold` up to `max_size`; growth is
+    /// asked for through `grow_wanted`. Each connection should carry its fair share
+    /// of that demand (never less than `grow_threshold`, never more than
+    /// `max_in_flight`): the least loaded member below its share is picked (ties go
+    /// round robin), else an idle member not yet shared is recruited, else, if
+    /// connections are on their way, the pick waits for one (bounded by what they
+    /// will take), else the least loaded member is picked whatever its load. The pick
+    /// counts as use for the idle timeout.
+    fn pick_shared(
         &mut self,
-        grow_threshold: usize,
+        limits: ShareLimits,
+        claim: usize,
         spread: Spread,
         now: Instant,
-    ) -> Option<Pick<C, P>> {
+    ) -> SharePick<C, P> {
         let mut at = 0;
         while at < self.idle.len() {
             if self.idle[at].member.is_usable() {
@@ -361,42 +400,62 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
             }
         }
         let count = self.idle.len();
-        if count == 0 {
-            return None;
-        }
         if spread == Spread::TwoChoices {
             // A picker that spreads by load wants every open connection in the
-            // running: in a burst, loads read zero until the connections have
-            // written, and only a random pick among all of them spreads the burst.
+            // running, so that its random picks cover all of them.
             for idle in &self.idle {
                 idle.member.shared.store(true, Ordering::Relaxed);
             }
         }
-        let start = self.next_shared % count;
+        let start = if count == 0 {
+            0
+        } else {
+            self.next_shared % count
+        };
         self.next_shared = self.next_shared.wrapping_add(1);
-        let mut best: Option<(usize, usize)> = None;
+        let mut least: Option<(usize, usize)> = None;
         let mut unshared = None;
-        let mut shared = 0;
+        let (mut shared, mut unshared_count, mut load_sum) = (0usize, 0usize, 0usize);
         for offset in 0..count {
             let at = (start + offset) % count;
             let member = &self.idle[at].member;
             if !member.shared.load(Ordering::Relaxed) {
                 // The most recently idle one, as an exclusive checkout would take.
                 unshared = Some(unshared.map_or(at, |other: usize| other.max(at)));
+                unshared_count += 1;
                 continue;
             }
             shared += 1;
-            let load = member.gauge.get();
-            match best {
-                Some((least, _)) if least <= load => {}
-                _ => best = Some((load, at)),
+            let load = member.load();
+            load_sum = load_sum.saturating_add(load);
+            match least {
+                Some((fewest, _)) if fewest <= load => {}
+                _ => least = Some((load, at)),
             }
         }
-        if spread == Spread::TwoChoices && shared >= 2 {
-            best = self.two_choices(shared);
+        let demand = load_sum
+            .saturating_add(self.shared_claims_waiting)
+            .saturating_add(claim);
+        let planned = shared + unshared_count + self.connecting;
+        let growth = demand
+            .div_ceil(limits.threshold)
+            .saturating_sub(planned)
+            .min(self.room());
+        if growth > self.grow_wanted {
+            self.grow_wanted = growth;
         }
+        let share = limits.share(demand, planned + growth);
+        let mut best = least;
+        if spread == Spread::TwoChoices && shared >= 2 {
+            if let Some(two) = self.two_choices(shared) {
+                if two.0 < share {
+                    best = Some(two);
+                }
+            }
+        }
+        let coming = self.connecting + growth;
         let at = match (best, unshared) {
-            (Some((load, at)), _) if load < grow_threshold => at,
+            (Some((load, at)), _) if load < share => at,
             (_, Some(recruit)) => {
                 self.idle[recruit]
                     .member
@@ -404,18 +463,59 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
                     .store(true, Ordering::Relaxed);
                 recruit
             }
+            // Connections are on their way and will take this pick: wait for one,
+            // as far as they can take waiters.
+            _ if coming > 0
+                && self.shared_claims_waiting < coming.saturating_mul(limits.capacity) =>
+            {
+                return SharePick::Wait;
+            }
             (Some((_, at)), None) => at,
-            (None, None) => return None,
+            (None, None) => return SharePick::None,
         };
         let idle = &mut self.idle[at];
         // Last picked, or last passed a periodic check: for the test on checkout.
         let last_known_good = idle.since.max(idle.checked);
         idle.since = now;
-        Some((
-            idle.member.gauge.get(),
-            idle.member.clone(),
-            last_known_good,
-        ))
+        SharePick::Member(idle.member.clone(), last_known_good)
+    }
+
+    /// Hands every shared waiter to the least loaded shared member, when no
+    /// connection is on its way to take them: they are served by what there is
+    /// (a connection at its `max_in_flight` refuses or queues their calls as its
+    /// config says) rather than left to time out.
+    pub(crate) fn serve_shared_waiters(&mut self, authority: &Authority) {
+        if self.shared_waiters == 0 || self.connecting > 0 {
+            return;
+        }
+        let mut at = 0;
+        while at < self.waiters.len() {
+            if !matches!(self.waiters[at], Waiter::Shared { .. }) {
+                at += 1;
+                continue;
+            }
+            let least = self
+                .idle
+                .iter()
+                .filter(|idle| {
+                    idle.member.is_usable() && idle.member.shared.load(Ordering::Relaxed)
+                })
+                .min_by_key(|idle| idle.member.load())
+                .map(|idle| idle.member.clone());
+            let Some(member) = least else {
+                return;
+            };
+            if let Some(Waiter::Shared {
+                tx, since, claim, ..
+            }) = self.remove_waiter_at(at)
+            {
+                self.counters.shared += 1;
+                let shared = SharedConnection::new(member, authority.clone(), claim);
+                if tx.send(Ok(shared)).is_ok() {
+                    self.metrics.checkout_waited(since.elapsed());
+                }
+            }
+        }
     }
 
     /// Of two shared idle members picked at random, the less loaded (its load and
@@ -576,9 +676,51 @@ enum Shared<C: Connector, P: Protocol> {
     ),
 }
 
+/// How a test on checkout ended.
+enum Test {
+    /// The connection answered its ping in time.
+    Passed,
+    /// It did not answer within `health_check_timeout`, or it stopped.
+    Failed,
+    /// The caller's deadline came first; the connection was not judged.
+    CallerOutOfTime,
+}
+
+/// What a shared pick found on the idle list.
+enum SharePick<C: Connector, P: Protocol> {
+    /// This member, and when it was last known good.
+    Member(Arc<Member<C, P>>, Instant),
+    /// Every member carries its share, and connections are on their way.
+    Wait,
+    /// No member at all.
+    None,
+}
+
+/// The bounds a shared pick works within.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShareLimits {
+    /// Load per connection past which the group grows (`grow_threshold`).
+    pub(crate) threshold: usize,
+    /// Calls one connection takes at most (its `max_in_flight`).
+    pub(crate) capacity: usize,
+}
+
+impl ShareLimits {
+    /// The load each of `connections` should carry of `demand`: the fair share, at
+    /// least the grow threshold and at most a connection's capacity.
+    fn share(self, demand: usize, connections: usize) -> usize {
+        demand
+            .div_ceil(connections.max(1))
+            .max(self.threshold)
+            .min(self.capacity)
+    }
+}
+
 /// One authority's connections; shared by the Pool actor, its handles and leases.
 pub(crate) struct Group<C: Connector, P: Protocol> {
     pub(crate) authority: Authority,
+    /// How shared use is spread and grown.
+    pub(crate) limits: ShareLimits,
     /// The authority as each connection names its peer, shared by all of them.
     pub(crate) peer: Arc<str>,
     pub(crate) config: Arc<PoolConfig>,
@@ -593,13 +735,19 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         pool: Addr<Pool<C, P>>,
         min_idle: usize,
         max_size: usize,
+        call_capacity: usize,
     ) -> Self {
         Self {
+            limits: ShareLimits {
+                threshold: config.grow_threshold,
+                capacity: call_capacity,
+            },
             pool,
             state: Mutex::new(GroupState {
                 idle: Vec::new(),
                 waiters: VecDeque::new(),
                 shared_waiters: 0,
+                shared_claims_waiting: 0,
                 next_waiter: 0,
                 next_shared: 0,
                 members: 0,
@@ -616,7 +764,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 down: false,
                 last_connect_error: None,
                 demand_signalled: false,
-                grow_wanted: false,
+                grow_wanted: 0,
                 counters: CheckoutStats::default(),
                 metrics: PoolMetrics::new(&authority),
             }),
@@ -657,8 +805,17 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                     }
                     // Testing counts against the checkout's timeout like waiting does.
                     let deadline = crate::connection::later(*started.get_or_insert(now), timeout);
-                    if self.passes_test(lease.addr(), deadline).await {
-                        return Ok(lease);
+                    match self.test(lease.addr(), deadline).await {
+                        Test::Passed => return Ok(lease),
+                        Test::CallerOutOfTime => {
+                            // Back untested, still due for its test.
+                            let member = lease.into_member();
+                            self.check_in_since(member, idle_since);
+                            let waited =
+                                started.map_or(Duration::ZERO, |started| started.elapsed());
+                            return Err(self.lock().timed_out(&self.authority, waited));
+                        }
+                        Test::Failed => {}
                     }
                     // Its connection failed the ping; try the next one, in time.
                     self.discard(lease.into_member(), ReturnedBecause::FailedTest);
@@ -714,23 +871,21 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         Ok(Attempt::Queued(id, rx, since))
     }
 
-    /// Whether a connection not used for longer than `test_on_checkout_after` may be
-    /// handed out: it answers a ping in time.
-    async fn passes_test(
-        &self,
-        connection: &Addr<Connection<C::Io, P>>,
-        deadline: Instant,
-    ) -> bool {
+    /// Tests a connection not used for longer than `test_on_checkout_after` before
+    /// it is handed out: it must answer a ping within `health_check_timeout`. The
+    /// connection is judged by that timeout alone; a caller whose own `deadline`
+    /// comes first gives up without judging it, so one caller's short deadline
+    /// never costs a healthy connection (or the other callers on it).
+    async fn test(&self, connection: &Addr<Connection<C::Io, P>>, deadline: Instant) -> Test {
         let ping = connection.send(Ping);
-        let bound = deadline.min(crate::connection::later(
-            Instant::now(),
-            self.config.health_check_timeout,
-        ));
+        let judged_by = crate::connection::later(Instant::now(), self.config.health_check_timeout);
+        let bound = deadline.min(judged_by);
         match tokio::time::timeout_at(bound, ping).await {
-            Ok(Ok(Ok(_rtt))) => true,
+            Ok(Ok(Ok(_rtt))) => Test::Passed,
+            Err(_elapsed) if deadline < judged_by => Test::CallerOutOfTime,
             _ => {
                 self.lock().counters.tests_failed += 1;
-                false
+                Test::Failed
             }
         }
     }
@@ -780,32 +935,53 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         }
     }
 
-    /// A handle to the least loaded idle connection, shared with other users. One
-    /// unused for longer than `test_on_checkout_after` must answer a ping first; one
-    /// that does not is aborted (the pool replaces it) and the next is tried.
+    /// A handle to a connection for shared use, picked as [`GroupState::pick_shared`]
+    /// says, claiming `claim` of its load while the handle lives. One unused for
+    /// longer than `test_on_checkout_after` must answer a ping first; one that does
+    /// not is aborted (the pool replaces it) and the next is tried.
     pub(crate) async fn shared(
         self: &Arc<Self>,
         timeout: Option<Duration>,
         spread: Spread,
+        claim: usize,
     ) -> Result<SharedConnection<C, P>, PoolError> {
         let timeout = timeout.unwrap_or(self.config.checkout_timeout);
         let started = Instant::now();
         let deadline = crate::connection::later(started, timeout);
         loop {
-            let (id, receiver, queued) = match self.share_or_queue(spread) {
+            let (id, receiver, queued) = match self.share_or_queue(spread, claim) {
                 Ok(Shared::Now(shared, last_known_good)) => {
                     let stale = self.config.test_on_checkout_after.is_some_and(|after| {
                         Instant::now().saturating_duration_since(last_known_good) >= after
                     });
-                    if !stale || self.passes_test(shared.addr(), deadline).await {
+                    // A connection with calls in flight is in use, and its heartbeat
+                    // judges it; a ping would only queue behind those calls (on an
+                    // in-order protocol) and a failed one would fail them all.
+                    if !stale || shared.in_use_by_others() {
                         return Ok(shared);
                     }
+                    match self.test(shared.addr(), deadline).await {
+                        Test::Passed => return Ok(shared),
+                        Test::CallerOutOfTime => {
+                            // The connection was not judged: only this caller's time
+                            // ran out.
+                            return Err(self.lock().timed_out(&self.authority, started.elapsed()));
+                        }
+                        Test::Failed => {}
+                    }
                     // Out of the running at once, so that no retry picks it again;
-                    // then aborted, and its `Closed` counts it out of the pool.
-                    // `do_send`: past a full mailbox; if the connection has stopped
-                    // already, nothing is lost.
+                    // then closed, and its `Closed` counts it out of the pool. Calls
+                    // other callers started on it meanwhile get their replies or time
+                    // out by their own timeouts: the close is graceful, and aborts
+                    // only if nothing was in flight.
                     self.lock().take_out_of_idle(shared.id());
-                    shared.addr().do_send(Abort);
+                    if shared.in_use_by_others() {
+                        shared.addr().do_send(crate::Close::default());
+                    } else {
+                        // `do_send`: past a full mailbox; if the connection has
+                        // stopped already, nothing is lost.
+                        shared.addr().do_send(Abort);
+                    }
                     if Instant::now() >= deadline {
                         return Err(self.lock().timed_out(&self.authority, started.elapsed()));
                     }
@@ -819,37 +995,47 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         }
     }
 
-    fn share_or_queue(self: &Arc<Self>, spread: Spread) -> Result<Shared<C, P>, PoolError> {
+    fn share_or_queue(
+        self: &Arc<Self>,
+        spread: Spread,
+        claim: usize,
+    ) -> Result<Shared<C, P>, PoolError> {
         let mut state = self.lock();
         if let Err(error) = state.refuse(&self.authority) {
             state.counters.refused += 1;
             return Err(error);
         }
-        if let Some((load, member, last_known_good)) =
-            state.least_loaded(self.config.grow_threshold, spread, Instant::now())
-        {
-            state.counters.shared += 1;
-            if load >= self.config.grow_threshold && !state.grow_wanted {
-                state.grow_wanted = true;
-                self.signal_demand(&mut state);
-            }
-            return Ok(Shared::Now(
-                SharedConnection::new(member, self.authority.clone()),
-                last_known_good,
-            ));
+        let wanted_before = state.grow_wanted;
+        let pick = state.pick_shared(self.limits, claim, spread, Instant::now());
+        if state.grow_wanted > wanted_before {
+            self.signal_demand(&mut state);
         }
-        if state.waiters.len() >= self.config.max_waiters {
-            state.counters.refused += 1;
-            return Err(PoolError::TooManyWaiters {
-                authority: self.authority.clone(),
-                limit: self.config.max_waiters,
-            });
+        match pick {
+            SharePick::Member(member, last_known_good) => {
+                state.counters.shared += 1;
+                return Ok(Shared::Now(
+                    SharedConnection::new(member, self.authority.clone(), claim),
+                    last_known_good,
+                ));
+            }
+            // Waiting for capacity on its way is bounded by what that capacity takes.
+            SharePick::Wait => {}
+            SharePick::None => {
+                if state.waiters.len() >= self.config.max_waiters {
+                    state.counters.refused += 1;
+                    return Err(PoolError::TooManyWaiters {
+                        authority: self.authority.clone(),
+                        limit: self.config.max_waiters,
+                    });
+                }
+            }
         }
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         let id = state.push_waiter(|id| Waiter::Shared {
             id,
             since: started,
+            claim,
             tx,
         });
         self.signal_demand(&mut state);
@@ -888,6 +1074,29 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             state.make_busy(&member);
             return None;
         }
+        // Shared waiters take this member up to its fair share while more
+        // connections are on their way for the rest; the last one takes them all.
+        let share = if state.connecting == 0 {
+            usize::MAX
+        } else {
+            let shared_load: usize = state
+                .idle
+                .iter()
+                .filter(|idle| idle.member.shared.load(Ordering::Relaxed))
+                .map(|idle| idle.member.load())
+                .sum();
+            let connections = state
+                .idle
+                .iter()
+                .filter(|idle| idle.member.shared.load(Ordering::Relaxed))
+                .count()
+                + 1
+                + state.connecting;
+            let demand = shared_load
+                .saturating_add(member.load())
+                .saturating_add(state.shared_claims_waiting);
+            self.limits.share(demand, connections)
+        };
         let mut at = 0;
         while at < state.waiters.len() {
             let shared_only = member.shared.load(Ordering::Relaxed);
@@ -897,14 +1106,25 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 at += 1;
                 continue;
             }
+            if shared_only
+                && matches!(state.waiters[at], Waiter::Shared { .. })
+                && member.load() >= share
+            {
+                // Its share is taken; the next connection serves the rest.
+                at += 1;
+                continue;
+            }
             let Some(waiter) = state.remove_waiter_at(at) else {
                 break;
             };
             match waiter {
-                Waiter::Shared { tx, since, .. } => {
+                Waiter::Shared {
+                    tx, since, claim, ..
+                } => {
                     member.shared.store(true, Ordering::Relaxed);
                     state.counters.shared += 1;
-                    let shared = SharedConnection::new(member.clone(), self.authority.clone());
+                    let shared =
+                        SharedConnection::new(member.clone(), self.authority.clone(), claim);
                     if tx.send(Ok(shared)).is_ok() {
                         state.metrics.checkout_waited(since.elapsed());
                     }
@@ -948,6 +1168,12 @@ impl<C: Connector, P: Protocol> Group<C, P> {
     /// Takes back a lease's member: idle again (or to the longest waiter) if it is
     /// healthy and quiet, else to the actor to drain or close.
     pub(crate) fn check_in(self: &Arc<Self>, member: Arc<Member<C, P>>) {
+        self.check_in_since(member, Instant::now());
+    }
+
+    /// Like [`check_in`](Self::check_in), for a member idle since `since` (one
+    /// returned unused keeps its place in line for the test on checkout).
+    fn check_in_since(self: &Arc<Self>, member: Arc<Member<C, P>>, since: Instant) {
         let mut state = self.lock();
         if member.place() != Place::Leased {
             // Closed and counted out while it was leased.
@@ -976,7 +1202,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         };
         state.leased -= 1;
         let (member, because) = match because {
-            None => match self.offer(&mut state, member, now, now) {
+            None => match self.offer(&mut state, member, since, since) {
                 None => return,
                 Some(member) => (member, ReturnedBecause::Retire),
             },

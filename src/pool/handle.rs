@@ -255,7 +255,7 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
     pub async fn shared(&self, authority: &Authority) -> Result<SharedConnection<C, P>, PoolError> {
         self.group(authority)
             .await?
-            .shared(None, Spread::LeastLoaded)
+            .shared(None, Spread::LeastLoaded, 1)
             .await
     }
 
@@ -267,7 +267,7 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
     ) -> Result<SharedConnection<C, P>, PoolError> {
         self.group(authority)
             .await?
-            .shared(Some(timeout), Spread::LeastLoaded)
+            .shared(Some(timeout), Spread::LeastLoaded, 1)
             .await
     }
 
@@ -279,7 +279,28 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
         spread: Spread,
         timeout: Option<Duration>,
     ) -> Result<SharedConnection<C, P>, PoolError> {
-        self.group(authority).await?.shared(timeout, spread).await
+        self.group(authority)
+            .await?
+            .shared(timeout, spread, 1)
+            .await
+    }
+
+    /// Like [`shared_by`](Self::shared_by), for a user that will put up to `claim`
+    /// calls on the connection while it holds the handle (an ordered producer its
+    /// window): the handle counts as that much load, so such users spread over the
+    /// connections and grow the pool as their calls would.
+    pub(crate) async fn shared_claiming(
+        &self,
+        authority: &Authority,
+        spread: Spread,
+        timeout: Option<Duration>,
+        claim: usize,
+    ) -> Result<SharedConnection<C, P>, PoolError> {
+        let claim = claim.max(1);
+        self.group(authority)
+            .await?
+            .shared(timeout, spread, claim)
+            .await
     }
 
     /// A snapshot of the pool; [`PoolError::Closed`] if the pool actor has stopped.

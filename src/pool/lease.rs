@@ -132,14 +132,25 @@ impl<C: Connector, P: Protocol> fmt::Debug for Lease<C, P> {
 /// (it may close it when idle or expired, after which calls fail with
 /// [`CallError::Closed`]). Ask the pool again for each burst of work rather than
 /// keeping one for ever.
+///
+/// While a handle lives it counts as work on its connection (one call, or what it was
+/// picked for), so that the picks of a burst spread over the connections and grow the
+/// pool before any call is written; drop it when its work is done.
 pub struct SharedConnection<C: Connector, P: Protocol> {
     member: Arc<Member<C, P>>,
     authority: Authority,
+    /// What this handle counts as on its connection's load.
+    claim: usize,
 }
 
 impl<C: Connector, P: Protocol> SharedConnection<C, P> {
-    pub(crate) fn new(member: Arc<Member<C, P>>, authority: Authority) -> Self {
-        Self { member, authority }
+    pub(crate) fn new(member: Arc<Member<C, P>>, authority: Authority, claim: usize) -> Self {
+        member.claim(claim);
+        Self {
+            member,
+            authority,
+            claim,
+        }
     }
 
     /// The connection's address.
@@ -162,6 +173,12 @@ impl<C: Connector, P: Protocol> SharedConnection<C, P> {
         self.member.gauge.get()
     }
 
+    /// Whether anyone else has calls on its connection: calls written, or handles
+    /// other than this one.
+    pub(crate) fn in_use_by_others(&self) -> bool {
+        self.member.gauge.get() > 0 || self.member.handed() > self.claim
+    }
+
     /// Sends a request over the connection and waits for its reply.
     pub async fn call(&self, request: impl Into<P::Request>) -> Result<P::Reply, CallError> {
         self.addr().send(Call::new(request)).await?
@@ -170,10 +187,13 @@ impl<C: Connector, P: Protocol> SharedConnection<C, P> {
 
 impl<C: Connector, P: Protocol> Clone for SharedConnection<C, P> {
     fn clone(&self) -> Self {
-        Self {
-            member: self.member.clone(),
-            authority: self.authority.clone(),
-        }
+        Self::new(self.member.clone(), self.authority.clone(), self.claim)
+    }
+}
+
+impl<C: Connector, P: Protocol> Drop for SharedConnection<C, P> {
+    fn drop(&mut self) {
+        self.member.release(self.claim);
     }
 }
 

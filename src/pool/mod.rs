@@ -442,7 +442,7 @@ impl<C: Connector, P: Protocol> Handler<CheckoutShared<C, P>> for Pool<C, P> {
         }
         let group = self.group_for(&checkout.authority);
         CheckoutReply(Box::pin(async move {
-            group.shared(checkout.timeout, Spread::LeastLoaded).await
+            group.shared(checkout.timeout, Spread::LeastLoaded, 1).await
         }))
     }
 }

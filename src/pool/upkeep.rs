@@ -39,11 +39,15 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 let idle_for_too_long = config
                     .idle_timeout
                     .is_some_and(|t| later(idle.since, t) <= now)
-                    && idle.member.gauge.get() == 0;
+                    && idle.member.load() == 0;
                 let expired = idle.member.is_expired(now);
+                // A member in use is not checked: its heartbeat judges it, a ping
+                // would queue behind its calls (on an in-order protocol), and a
+                // failed check would abort the calls of everyone on it.
                 let check_due = config
                     .health_check_interval
-                    .is_some_and(|i| later(idle.checked, i) <= now);
+                    .is_some_and(|i| later(idle.checked, i) <= now)
+                    && idle.member.load() == 0;
                 if above_min && idle_for_too_long {
                     idle_expired.push(state.retire_idle(at));
                 } else if above_min && expired {
