@@ -447,6 +447,11 @@ impl Server {
         self.mute(usize::MAX)
     }
 
+    /// Makes every muted connection answer again (what it swallowed stays lost).
+    pub fn unmute_all(&self) {
+        self.inner.borrow_mut().muted.clear();
+    }
+
     /// Open connections that are muted.
     pub fn muted(&self) -> usize {
         let inner = self.inner.borrow();
