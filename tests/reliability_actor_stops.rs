@@ -28,6 +28,9 @@
 //!   reaches the server. (A supervisor stops with its arbiter, so nothing restarts
 //!   here.) The wait of an eager `build` is covered by a unit test in
 //!   `src/pool/mod.rs`, as its message is not public.
+//! - (e) a pool whose arbiter stops while its connections run on another arbiter,
+//!   and handles to it live on: its connections close (0.1 left them open and
+//!   heartbeating for as long as a handle lived).
 //!
 //! How the fault is made: `Abort` and `Close` sent to a leased connection; a pool
 //! that places its connections on a second Arbiter which the test stops (real time);
@@ -761,4 +764,47 @@ async fn a_pool_whose_arbiter_stops_fails_every_waiter_at_once_and_refuses_later
     drop(lease);
     until_server_open(&server, 0, REAL_WAIT).await;
     assert_eq!(server.accepted(), 1);
+}
+
+/// Real time, as (d). Issue 15, item 15.
+#[actix::test]
+async fn a_pool_whose_arbiter_stops_closes_its_connections_on_other_arbiters() {
+    let bed = TestBed::new();
+    let server = bed.server.clone();
+    let a = server.authority();
+    let (doomed, spare) = (Arbiter::new(), Arbiter::new());
+    let (connector, config, placed_on) = (
+        bed.connector.clone(),
+        config().min_idle(2).max_size(3).build().unwrap(),
+        spare.handle(),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    assert!(doomed.spawn_fn(move || {
+        let pool = switchboard::Pool::builder(connector, FrameProtocol::default())
+            .config(config)
+            .connection(connection_config())
+            .authority(Authority::memory("db"))
+            .arbiters(vec![placed_on])
+            .start();
+        let _ = tx.send(pool);
+    }));
+    let pool = within(REAL_WAIT, "the pool starts on its arbiter", rx)
+        .await
+        .unwrap();
+    until(&pool, REAL_WAIT, |s| s.idle == 2).await;
+    // A shared handle and a lease outlive the pool's arbiter, as the handle does.
+    let shared = pool.shared(&a).await.unwrap();
+    let lease = pool.checkout(&a).await.unwrap();
+    until_server_open(&server, 2, REAL_WAIT).await;
+
+    doomed.stop();
+    doomed.join().unwrap();
+    // The connections live on `spare`, which runs on; the pool that owned them is
+    // gone, so they close.
+    until_server_open(&server, 0, REAL_WAIT).await;
+    let call = shared.call(FrameRequest::new("after")).await;
+    assert!(call.is_err(), "{call:?}");
+    drop((shared, lease, pool));
+    spare.stop();
+    spare.join().unwrap();
 }

@@ -349,6 +349,17 @@ impl<C: Connector, P: Protocol> Actor for Pool<C, P> {
         for (_, tx) in self.ready.drain(..) {
             let _ = tx.send(Err(PoolError::Closed));
         }
+        // Connections on other arbiters outlive this one, and handles, leases and
+        // shared handles keep their addresses: without a word they would stay open
+        // and heartbeating for as long as any of those lives. They close gracefully
+        // (calls in flight get their replies within `close_timeout`). After a
+        // `Close` or `Drain` nothing is left to tell.
+        for tracked in self.tracked.values() {
+            if tracked.member.place() != Place::Detached {
+                // `do_send`: a connection that has stopped needs nothing.
+                tracked.member.addr.do_send(crate::Close::default());
+            }
+        }
     }
 }
 
@@ -527,13 +538,15 @@ impl<C: Connector, P: Protocol> Handler<Returned<C, P>> for Pool<C, P> {
 impl<C: Connector, P: Protocol> Handler<Detached> for Pool<C, P> {
     type Result = ();
 
-    /// Forgets a detached connection: it belongs to its borrower now.
-    fn handle(&mut self, detached: Detached, _: &mut Context<Self>) {
+    /// Forgets a detached connection: it belongs to its borrower now. A shutdown
+    /// that was waiting for it as a lease has one connection fewer to wait for.
+    fn handle(&mut self, detached: Detached, ctx: &mut Context<Self>) {
         if let Some(tracked) = self.tracked.get(&detached.id) {
             if tracked.member.place() == Place::Detached {
                 self.tracked.remove(&detached.id);
             }
         }
+        self.check_shutdown(ctx);
     }
 }
 
