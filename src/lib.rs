@@ -112,3 +112,10 @@ pub mod testkit;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The largest mailbox capacity this crate gives an actix actor. actix 0.13 counts
+/// senders and capacity in one word: a capacity near `usize::MAX >> 1` makes every
+/// `Addr::clone` panic ("too many outstanding senders"), and `usize::MAX` overflows.
+/// A mailbox this large never parks a sender in practice; the bounds that matter
+/// (`max_in_flight`, queue caps) are counted by the actors themselves.
+pub(crate) const MAX_MAILBOX: usize = 1 << 20;

@@ -767,7 +767,9 @@ impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
         // Callers hold their own `Addr` clones, each with a guaranteed slot; a
         // capacity as large as the in-flight bound keeps senders from parking (and
         // being unparked one by one) when hundreds of calls arrive at once.
-        ctx.set_mailbox_capacity(self.config.max_in_flight);
+        // Within what actix can count (see `MAX_MAILBOX`); `max_in_flight` itself is
+        // enforced by the handler, whatever the mailbox holds.
+        ctx.set_mailbox_capacity(self.config.max_in_flight.min(crate::MAX_MAILBOX));
         let now = Instant::now();
         self.last_read = now;
         self.timer_deadline = later(now, self.config.heartbeat_interval);

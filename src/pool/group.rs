@@ -1084,7 +1084,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 .iter()
                 .filter(|idle| idle.member.shared.load(Ordering::Relaxed))
                 .map(|idle| idle.member.load())
-                .sum();
+                .fold(0, usize::saturating_add);
             let connections = state
                 .idle
                 .iter()

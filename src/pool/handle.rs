@@ -285,10 +285,12 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
             .await
     }
 
-    /// Like [`shared_by`](Self::shared_by), for a user that will put up to `claim`
-    /// calls on the connection while it holds the handle (an ordered producer its
-    /// window): the handle counts as that much load, so such users spread over the
-    /// connections and grow the pool as their calls would.
+    /// Like [`shared_by`](Self::shared_by), for a user that holds the handle for a
+    /// stream of calls (an ordered producer, whose window is `claim`): the handle
+    /// counts as that much load, up to one `grow_threshold`, so that such users
+    /// spread over the connections and grow the pool before their calls are
+    /// written, without one user's window alone opening connections it may never
+    /// fill.
     pub(crate) async fn shared_claiming(
         &self,
         authority: &Authority,
@@ -296,11 +298,9 @@ impl<C: Connector, P: Protocol> PoolHandle<C, P> {
         timeout: Option<Duration>,
         claim: usize,
     ) -> Result<SharedConnection<C, P>, PoolError> {
-        let claim = claim.max(1);
-        self.group(authority)
-            .await?
-            .shared(timeout, spread, claim)
-            .await
+        let group = self.group(authority).await?;
+        let claim = claim.clamp(1, group.limits.threshold.min(group.limits.capacity));
+        group.shared(timeout, spread, claim).await
     }
 
     /// A snapshot of the pool; [`PoolError::Closed`] if the pool actor has stopped.

@@ -229,7 +229,8 @@ impl ServerConfig {
     }
 
     /// The broker's mailbox capacity: requests from connections past it are refused
-    /// by the connection itself, with an error frame. Defaults to 16,384.
+    /// by the connection itself, with an error frame. At most 1,048,576 (a larger
+    /// capacity would overflow actix's count of senders). Defaults to 16,384.
     #[must_use]
     pub fn mailbox(mut self, messages: usize) -> Self {
         self.mailbox = messages;
@@ -251,6 +252,16 @@ impl ServerConfig {
             if value == 0 {
                 return Err(ConfigError::new(name, "must be at least 1"));
             }
+        }
+        if self.mailbox > crate::MAX_MAILBOX {
+            return Err(ConfigError::new(
+                "mailbox",
+                format!(
+                    "{} is more than actix can count; at most {}",
+                    self.mailbox,
+                    crate::MAX_MAILBOX
+                ),
+            ));
         }
         Ok(self)
     }
