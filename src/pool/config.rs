@@ -332,8 +332,10 @@ impl PoolConfigBuilder {
         self
     }
 
-    /// Calls in flight on the least loaded connection past which shared use opens
-    /// another connection (up to `max_size`). Defaults to 64.
+    /// The load per connection past which shared use opens more connections (up to
+    /// `max_size`): shared use wants one connection per `grow_threshold` calls handed
+    /// out, and opens what it wants at once, so a burst grows the pool before its
+    /// calls are written. Defaults to 64.
     pub fn grow_threshold(mut self, in_flight: usize) -> Self {
         self.config.grow_threshold = in_flight;
         self

@@ -78,9 +78,11 @@ pub enum Spread {
 
 /// Gets the least loaded connection to `authority` for shared (multiplexed) use.
 ///
-/// When even the least loaded connection has `grow_threshold` calls in flight, the
-/// pool opens another (up to `max_size`). Waits like [`Checkout`] when there is no
-/// connection yet.
+/// Every handle out counts as load on its connection from the moment it is handed
+/// out. The pool wants one connection per `grow_threshold` of shared load (up to
+/// `max_size`) and spreads the load in fair shares; a checkout that finds every
+/// connection at its share while more are on their way waits for one (within its
+/// timeout). Waits like [`Checkout`] when there is no connection yet.
 pub struct CheckoutShared<C: Connector, P: Protocol> {
     /// Where to.
     pub authority: Authority,
