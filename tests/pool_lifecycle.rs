@@ -683,9 +683,12 @@ async fn shared_use_picks_the_least_loaded_and_grows_under_load_up_to_max_size()
         "no growth below the threshold"
     );
 
-    // Every connection at the threshold: one more opens.
-    let busy = pool.shared(&a).await.unwrap();
-    assert!([one.id(), two.id()].contains(&busy.id()));
+    // Every connection at the threshold: one more opens, and the pick waits for it
+    // rather than pile onto a busy one.
+    let busy = within(WAIT, "a pick that waits for growth", pool.shared(&a))
+        .await
+        .unwrap();
+    assert!(![one.id(), two.id()].contains(&busy.id()), "the new one");
     let grown = until(&pool, WAIT, |s| s.size == 3 && s.connecting == 0).await;
     assert_eq!(only(&grown).leased, 0, "shared use holds no lease");
     let three = pool.shared(&a).await.unwrap();
