@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 use super::messages::{BrokerError, Delivery, SubscriptionId};
 use super::{answered, Broker, BrokerProtocol, Joined, Message, Resume};
 use crate::transport::Connector;
-use crate::{Call, ConnectionId, PoolError, SharedConnection, Spread};
+use crate::{Abort, Call, ConnectionId, PoolError, SharedConnection, Spread};
 
 /// Pushes held per topic while its subscribe is answered (the replay, and what is
 /// published meanwhile); past it, the rest are lost and counted as missed.
@@ -87,6 +87,31 @@ impl<C: Connector, P: BrokerProtocol> Topic<C, P> {
     }
 }
 
+/// Checks a sequenced server's subscribe answer against what was asked: numbers
+/// that no server could mean are refused, with what is wrong. In the server's own
+/// life (the incarnation the client resumed from), the head cannot be behind the
+/// number resumed from, and no more can be missed than lie between the two; across
+/// lives (or from a server that does not name them and whose head went back) the
+/// range starts at 0.
+fn check_joined<P: BrokerProtocol>(resume: Resume, joined: Joined) -> Result<(), &'static str> {
+    if !P::SEQUENCED {
+        return Ok(());
+    }
+    let same_life = joined.incarnation != 0 && joined.incarnation == resume.incarnation;
+    if same_life && joined.head < resume.after {
+        return Err("subscribe answer: the topic's head is behind the number resumed from");
+    }
+    let from = if same_life || (joined.incarnation == 0 && joined.head >= resume.after) {
+        resume.after
+    } else {
+        0
+    };
+    if joined.missed > joined.head.saturating_sub(from) {
+        return Err("subscribe answer: more messages missed than the topic has had");
+    }
+    Ok(())
+}
+
 impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
     pub(super) fn subscribe(
         &mut self,
@@ -141,7 +166,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
                         let answer = answered(answer)
                             .map_err(BrokerError::Call)
                             .and_then(|reply| this.protocol.subscribed(reply));
-                        this.joined(name, connection, answer, ctx);
+                        this.joined(name, connection, resume, answer, ctx);
                     });
                     ctx.spawn(joined);
                 }
@@ -154,6 +179,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         &mut self,
         name: Bytes,
         connection: SharedConnection<C, P>,
+        resume: Resume,
         answer: Result<Joined, BrokerError>,
         ctx: &mut Context<Self>,
     ) {
@@ -176,6 +202,18 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             tracing::debug!(topic = ?name, connection = %connection.id(), "joined a closed connection; again");
             return self.join(name, ctx);
         }
+        let answer = answer.and_then(|joined| {
+            if let Err(absurd) = check_joined::<P>(resume, joined) {
+                // Numbers that cannot be are a protocol violation by the server: its
+                // other numbers on this connection cannot be trusted either, so the
+                // connection goes (its topics move) and the subscribe fails with a
+                // typed error. The broker itself goes on.
+                tracing::warn!(topic = ?name, connection = %connection.id(), ?resume, ?joined, absurd, "absurd subscribe answer; dropping the connection");
+                connection.addr().do_send(Abort);
+                return Err(BrokerError::BadAnswer(absurd));
+            }
+            Ok(joined)
+        });
         let Joined {
             missed,
             head,
@@ -202,7 +240,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         topic.incarnation = incarnation;
         if missed > 0 {
             tracing::warn!(topic = ?name, missed, "messages lost while resubscribing");
-            self.stats.missed += missed;
+            self.stats.missed = self.stats.missed.saturating_add(missed);
         }
         topic.failures = 0;
         let old = topic.source.replace(connection);
@@ -267,7 +305,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         }
         let (first, max) = self.config.resubscribe_backoff;
         let wait = first.saturating_mul(1 << topic.failures.min(16)).min(max);
-        topic.failures += 1;
+        topic.failures = topic.failures.saturating_add(1);
         tracing::debug!(topic = ?name, %error, ?wait, "subscribe failed; trying again");
         ctx.run_later(wait, move |this, ctx| {
             // Unless a new subscriber's join got there first.
@@ -320,7 +358,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             if topic.held.len() < HELD_PUSHES {
                 topic.held.push(message);
             } else {
-                self.stats.missed += 1;
+                self.stats.missed = self.stats.missed.saturating_add(1);
             }
             return;
         }
@@ -336,7 +374,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             }
             Some(seq) => seq,
             // A plain server does not number: count deliveries here.
-            None => topic.last_seq + 1,
+            None => topic.last_seq.saturating_add(1),
         };
         topic.last_seq = seq;
         let delivery = Delivery {
