@@ -155,10 +155,15 @@ impl Message for Request {
 /// Subscribes `subscriber` to `topic`; resolves once the server confirmed the
 /// subscription (at once when the topic is already subscribed here).
 ///
-/// Messages reach the subscriber as [`Delivery`]s with `try_send`: a subscriber whose
-/// mailbox is full loses the message (counted in [`BrokerStats::deliveries_dropped`])
-/// rather than making the broker buffer without bound; one whose mailbox is closed is
-/// unsubscribed.
+/// Messages reach the subscriber as [`Delivery`]s with `try_send`: the broker never
+/// waits for a subscriber, nor buffers for it without bound. When its mailbox is full
+/// the broker holds the newest message for it and offers it again every 10 ms; an
+/// older held message is lost for it, counted in
+/// [`BrokerStats::deliveries_dropped`], and told in the next delivery's
+/// [`Delivery::missed_before`]. Size the subscriber's mailbox
+/// (`ctx.set_mailbox_capacity`) for the largest burst it must take between two of its
+/// turns: actix's default of 16 loses most of any burst. One whose mailbox is closed
+/// is unsubscribed.
 #[derive(Debug, Clone)]
 pub struct Subscribe {
     /// The topic.
@@ -189,6 +194,17 @@ pub struct Delivery {
     pub seq: u64,
     /// The message.
     pub payload: Bytes,
+    /// Messages of the topic this subscriber will never get, between the delivery
+    /// before this one (or its subscribe) and this one: lost because its mailbox was
+    /// full, numbers the server skipped, or messages the server could no longer
+    /// replay after a reconnect. So `seq` is the previous delivery's `seq` plus 1
+    /// plus this (on a sequenced server, within one server life), and what a
+    /// subscriber received plus the sum of these is every message of the topic since
+    /// it subscribed. 0 when nothing was lost, which is the rule: see
+    /// [`Subscribe`] for how to size a subscriber's mailbox. Like
+    /// `tokio::sync::broadcast`'s `Lagged`, the count is told with the next message
+    /// that gets through.
+    pub missed_before: u64,
 }
 
 /// Asks for the broker's counters.
@@ -215,11 +231,16 @@ pub struct BrokerStats {
     pub repins: u64,
     /// Messages handed to subscribers.
     pub deliveries: u64,
-    /// Messages dropped because a subscriber's mailbox was full.
+    /// Messages lost for a subscriber because its mailbox was full (each one told to
+    /// it in its next delivery's [`Delivery::missed_before`]).
     pub deliveries_dropped: u64,
     /// Copies that arrived twice while a subscription moved, dropped.
     pub duplicates: u64,
-    /// Messages the server could no longer replay when a subscription caught up.
+    /// Messages of subscribed topics that never reached this broker: those the
+    /// server could no longer replay when a subscription caught up, and gaps in the
+    /// sequence numbers (pushes the server or this broker's connection dropped, a
+    /// replay short of its answer's head). Told to the subscribers in
+    /// [`Delivery::missed_before`].
     pub missed: u64,
     /// Subscriptions made again on another connection (after a close or a drain).
     pub resubscribes: u64,

@@ -26,7 +26,12 @@
 //!   drain it subscribes elsewhere before letting go of the old connection. Each
 //!   subscriber sees a topic's messages in order and at most once.
 //! - Bounds: `max_unconfirmed` messages per producer, `max_producers`, the broker's
-//!   mailbox, and subscribers' mailboxes (a full one loses the message, counted).
+//!   mailbox, and subscribers' mailboxes: the broker never waits for a subscriber,
+//!   holds at most one message for a full mailbox, and tells every loss in the next
+//!   [`Delivery::missed_before`] (see `fanout.rs`).
+//! - Gaps are found from sequence numbers (numbers skipped, a replay short of its
+//!   answer's head, what the server could no longer replay): counted in
+//!   [`BrokerStats::missed`] and told to the topic's subscribers the same way.
 //! - Heartbeats never wait behind application messages: connections send and answer
 //!   pings themselves, outside any mailbox.
 //!
@@ -42,6 +47,7 @@
 //! when their connection closes, and what is published while none is subscribed is
 //! not seen.
 
+mod fanout;
 mod messages;
 mod producer;
 mod protocol;
@@ -93,6 +99,8 @@ pub struct Broker<C: Connector, P: BrokerProtocol = FrameProtocol> {
     topics: FxHashMap<Bytes, Topic<C, P>>,
     subscriptions: FxHashMap<SubscriptionId, Bytes>,
     next_subscription: u64,
+    /// Held deliveries to offer again, and the rate of warnings about losses.
+    lag: fanout::Lag,
     stats: BrokerStats,
     /// Unordered publishes handled and not yet resolved.
     unordered_in_flight: usize,
@@ -161,6 +169,7 @@ impl<C: Connector, P: BrokerProtocol> BrokerBuilder<C, P> {
                 topics: FxHashMap::default(),
                 subscriptions: FxHashMap::default(),
                 next_subscription: 0,
+                lag: fanout::Lag::default(),
                 stats: BrokerStats::default(),
                 unordered_in_flight: 0,
                 requests_in_flight: 0,
@@ -345,9 +354,9 @@ impl<C: Connector, P: BrokerProtocol> Handler<Pushed<P>> for Broker<C, P> {
     type Result = ();
 
     /// Hands a subscribed message to its topic's subscribers.
-    fn handle(&mut self, pushed: Pushed<P>, _: &mut Context<Self>) {
+    fn handle(&mut self, pushed: Pushed<P>, ctx: &mut Context<Self>) {
         if let Some(message) = self.protocol.message(pushed.push) {
-            self.deliver(pushed.connection, message);
+            self.deliver(pushed.connection, message, ctx);
         }
     }
 }

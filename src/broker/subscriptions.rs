@@ -26,24 +26,25 @@ use actix::{ActorFutureExt, AsyncContext, Context, Recipient, WrapFuture};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::fanout::Subscriber;
 use super::messages::{BrokerError, Delivery, SubscriptionId};
 use super::{answered, Broker, BrokerProtocol, Joined, Message, Resume};
 use crate::transport::Connector;
 use crate::{Abort, Call, ConnectionId, PoolError, SharedConnection, Spread};
 
 /// Pushes held per topic while its subscribe is answered (the replay, and what is
-/// published meanwhile); past it, the rest are lost and counted as missed.
+/// published meanwhile); past it, the rest are lost, and counted as missed when the
+/// answer's head or a later number shows the gap.
 const HELD_PUSHES: usize = 16_384;
 
 type Waiter = (
-    SubscriptionId,
-    Recipient<Delivery>,
+    Subscriber,
     oneshot::Sender<Result<SubscriptionId, BrokerError>>,
 );
 
 /// One topic subscribed through this broker.
 pub(super) struct Topic<C: Connector, P: BrokerProtocol> {
-    subscribers: Vec<(SubscriptionId, Recipient<Delivery>)>,
+    subscribers: Vec<Subscriber>,
     /// Subscribers waiting for the server's confirmation.
     waiting: Vec<Waiter>,
     /// The connection the server confirmed the subscription on.
@@ -85,6 +86,14 @@ impl<C: Connector, P: BrokerProtocol> Topic<C, P> {
     fn source_id(&self) -> Option<ConnectionId> {
         self.source.as_ref().map(SharedConnection::id)
     }
+
+    /// Every local subscriber: those waiting for the subscribe's answer get what
+    /// arrives before it too, since they are subscribed on the server already.
+    pub(super) fn subscribers_mut(&mut self) -> impl Iterator<Item = &mut Subscriber> {
+        self.subscribers
+            .iter_mut()
+            .chain(self.waiting.iter_mut().map(|(subscriber, _)| subscriber))
+    }
 }
 
 /// Checks a sequenced server's subscribe answer against what was asked: numbers
@@ -123,12 +132,13 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         self.next_subscription += 1;
         let id = SubscriptionId(self.next_subscription);
         let entry = self.topics.entry(topic.clone()).or_default();
+        let subscriber = Subscriber::new(id, subscriber);
         if entry.source.is_some() {
-            entry.subscribers.push((id, subscriber));
+            entry.subscribers.push(subscriber);
             self.subscriptions.insert(id, topic);
             let _ = reply.send(Ok(id));
         } else {
-            entry.waiting.push((id, subscriber, reply));
+            entry.waiting.push((subscriber, reply));
             self.subscriptions.insert(id, topic.clone());
             self.join(topic, ctx);
         }
@@ -238,17 +248,37 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             topic.last_seq = 0;
         }
         topic.incarnation = incarnation;
+        topic.failures = 0;
+        if P::SEQUENCED {
+            // Where this connection's numbers go on from: a first subscribe gets
+            // what is published after `head`; a resume gets the replay after what it
+            // saw, less what the server no longer has (in a new life, from 0).
+            let from = if resume == Resume::default() {
+                head
+            } else if restarted {
+                missed
+            } else {
+                resume.after.saturating_add(missed)
+            };
+            topic.last_seq = topic.last_seq.max(from);
+        }
         if missed > 0 {
-            tracing::warn!(topic = ?name, missed, "messages lost while resubscribing");
+            // Told to those who were subscribed before, not to the waiting ones:
+            // these messages were published before they subscribed.
+            for subscriber in &mut topic.subscribers {
+                subscriber.lose(missed);
+            }
             self.stats.missed = self.stats.missed.saturating_add(missed);
         }
-        topic.failures = 0;
         let old = topic.source.replace(connection);
-        for (id, subscriber, reply) in topic.waiting.drain(..) {
-            topic.subscribers.push((id, subscriber));
-            let _ = reply.send(Ok(id));
+        for (subscriber, reply) in topic.waiting.drain(..) {
+            let _ = reply.send(Ok(subscriber.id));
+            topic.subscribers.push(subscriber);
         }
         let now_on = topic.source_id();
+        if missed > 0 {
+            tracing::warn!(topic = ?name, missed, "messages lost while resubscribing");
+        }
         if let Some(old) = old.filter(|old| Some(old.id()) != now_on) {
             self.stats.resubscribes += 1;
             // Moved off a draining connection: stop its copies. Best effort (`try_send`):
@@ -267,13 +297,19 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
                 held.dedup_by_key(|message| message.seq);
             }
             for push in held {
-                self.deliver(source, push);
+                self.deliver(source, push, ctx);
             }
         }
         // Everything up to `head` was published before the subscription or replayed
-        // just now: a later subscribe catches up from there, not from before it.
+        // ahead of the answer: what of it did not arrive (lost on the way, or past
+        // what could be held) never will, and a later subscribe catches up from
+        // `head`, not from before it.
         if let Some(topic) = self.topics.get_mut(&name) {
-            topic.last_seq = topic.last_seq.max(head);
+            if P::SEQUENCED && topic.last_seq < head {
+                let gap = head - topic.last_seq;
+                topic.last_seq = head;
+                self.topic_gap(&name, gap);
+            }
         }
     }
 
@@ -284,8 +320,8 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         topic.subscribing = false;
         topic.joining = None;
         topic.held.clear();
-        for (id, _, reply) in topic.waiting.drain(..) {
-            self.subscriptions.remove(&id);
+        for (subscriber, reply) in topic.waiting.drain(..) {
+            self.subscriptions.remove(&subscriber.id);
             let _ = reply.send(Err(error.clone()));
         }
         if topic.is_unused() {
@@ -348,7 +384,12 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
     }
 
     /// Hands a message from a connection to the topic's subscribers.
-    pub(super) fn deliver(&mut self, connection: ConnectionId, message: Message) {
+    pub(super) fn deliver(
+        &mut self,
+        connection: ConnectionId,
+        message: Message,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(topic) = self.topics.get_mut(&message.topic) else {
             return;
         };
@@ -357,58 +398,35 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             // the subscribers waiting for that answer must not see it before.
             if topic.held.len() < HELD_PUSHES {
                 topic.held.push(message);
-            } else {
-                self.stats.missed = self.stats.missed.saturating_add(1);
             }
             return;
         }
         if topic.source_id() != Some(connection) {
             return;
         }
-        let seq = match message.seq {
+        let (seq, gap) = match message.seq {
             // After a move, a message may come twice (a replayed one after the
             // answer that ends the move, say): the sequence number tells.
             Some(seq) if seq <= topic.last_seq => {
                 self.stats.duplicates += 1;
                 return;
             }
-            Some(seq) => seq,
+            // Numbers skipped: lost on the way (the server dropped them for a slow
+            // peer, or this broker's mailbox was full), and never coming.
+            Some(seq) => (seq, seq - topic.last_seq - 1),
             // A plain server does not number: count deliveries here.
-            None => topic.last_seq.saturating_add(1),
+            None => (topic.last_seq.saturating_add(1), 0),
         };
         topic.last_seq = seq;
+        self.topic_gap(&message.topic, gap);
         let delivery = Delivery {
             topic: message.topic,
             seq,
             payload: message.payload,
+            missed_before: 0,
         };
-        let mut gone = Vec::new();
-        // Those waiting for the first subscribe's answer get what arrives before it:
-        // they are subscribed on the server already.
-        let waiting = topic
-            .waiting
-            .iter()
-            .map(|(id, subscriber, _)| (id, subscriber));
-        for (id, subscriber) in topic
-            .subscribers
-            .iter()
-            .map(|(id, s)| (id, s))
-            .chain(waiting)
-        {
-            match subscriber.try_send(delivery.clone()) {
-                Ok(()) => self.stats.deliveries += 1,
-                Err(actix::prelude::SendError::Full(_)) => self.stats.deliveries_dropped += 1,
-                Err(actix::prelude::SendError::Closed(_)) => gone.push(*id),
-            }
-        }
-        for id in gone {
-            if let Some((name, source)) = self.forget_subscriber(id) {
-                // Best effort: the topic's last subscriber went away unasked.
-                let _ = source
-                    .addr()
-                    .try_send(Call::new(self.protocol.unsubscribe(name)));
-            }
-        }
+        let name = delivery.topic.clone();
+        self.fan_out(&name, delivery, ctx);
     }
 
     /// Ends subscription `id`; the server is told when it was the topic's last.
@@ -419,7 +437,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
     ) -> Option<(Bytes, SharedConnection<C, P>)> {
         let name = self.subscriptions.remove(&id)?;
         let topic = self.topics.get_mut(&name)?;
-        topic.subscribers.retain(|(sub, _)| *sub != id);
+        topic.subscribers.retain(|subscriber| subscriber.id != id);
         if !topic.is_unused() {
             return None;
         }
