@@ -152,8 +152,19 @@ impl Message for Request {
     type Result = Result<Bytes, BrokerError>;
 }
 
-/// Subscribes `subscriber` to `topic`; resolves once the server confirmed the
-/// subscription (at once when the topic is already subscribed here).
+/// Subscribes `subscriber` to `topic`. A subscription is desired state: it is kept
+/// until [`Unsubscribe`], and the broker keeps it subscribed on the server across
+/// connection closes and server outages.
+///
+/// Resolves with its id once the server confirmed it (at once when the topic is
+/// subscribed here already), or once the first attempt failed because the server
+/// could not be reached (no connection, a connection that closed, a timeout): then
+/// the subscription is kept, pending, and tried again with `resubscribe_backoff`
+/// (jittered) until it is live; [`GetSubscriptionStatus`] says which. A subscription
+/// the server or the protocol refuses (an error answer, a topic too long to encode,
+/// an answer that breaks the protocol) fails at once with that error and is not
+/// kept; so does one made while the pool is closing. A subscription that becomes
+/// live late gets what is published from then on, like any first subscription.
 ///
 /// Messages reach the subscriber as [`Delivery`]s with `try_send`: the broker never
 /// waits for a subscriber, nor buffers for it without bound. When its mailbox is full
@@ -174,6 +185,27 @@ pub struct Subscribe {
 
 impl Message for Subscribe {
     type Result = Result<SubscriptionId, BrokerError>;
+}
+
+/// Asks whether a subscription is live on the server now; resolves with
+/// [`BrokerError::NotSubscribed`] for an unknown one.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<SubscriptionStatus, BrokerError>")]
+pub struct GetSubscriptionStatus(pub SubscriptionId);
+
+/// Where a subscription stands; see [`GetSubscriptionStatus`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SubscriptionStatus {
+    /// Subscribed on the server: its messages reach the subscriber.
+    Live,
+    /// Not subscribed on the server now: it could not be reached yet, or the
+    /// subscription's connection closed and it is joining again. The broker keeps
+    /// trying, with `resubscribe_backoff`, for as long as the subscription exists.
+    Pending {
+        /// Why the last attempt failed (`None` while the first is under way).
+        last_error: Option<BrokerError>,
+    },
 }
 
 /// Ends a subscription; when it was the topic's last one, the server is told.

@@ -65,8 +65,9 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 pub use messages::{
-    BrokerConfig, BrokerError, BrokerStats, Confirmed, Delivery, GetBrokerStats, Order, ProducerId,
-    Publish, Request, Subscribe, SubscriptionId, Unconfirmed, Unsubscribe,
+    BrokerConfig, BrokerError, BrokerStats, Confirmed, Delivery, GetBrokerStats,
+    GetSubscriptionStatus, Order, ProducerId, Publish, Request, Subscribe, SubscriptionId,
+    SubscriptionStatus, Unconfirmed, Unsubscribe,
 };
 
 pub use protocol::{BrokerProtocol, Fence, Joined, Message, Resume};
@@ -319,7 +320,8 @@ impl<C: Connector, P: BrokerProtocol> Handler<Request> for Broker<C, P> {
 impl<C: Connector, P: BrokerProtocol> Handler<Subscribe> for Broker<C, P> {
     type Result = ResponseFuture<Result<SubscriptionId, BrokerError>>;
 
-    /// Subscribes, and resolves once the server confirmed.
+    /// Subscribes, and resolves once the server confirmed, or pending once it could
+    /// not be reached; see [`Subscribe`].
     fn handle(&mut self, subscribe: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
         let subscribed = self.subscribe(subscribe.topic, subscribe.subscriber, ctx);
         Box::pin(async move { subscribed.await.unwrap_or(Err(BrokerError::Stopped)) })
@@ -377,6 +379,15 @@ impl<C: Connector, P: BrokerProtocol> Handler<ConnectionEvent> for Broker<C, P> 
             }
             _ => {}
         }
+    }
+}
+
+impl<C: Connector, P: BrokerProtocol> Handler<GetSubscriptionStatus> for Broker<C, P> {
+    type Result = Result<SubscriptionStatus, BrokerError>;
+
+    /// Whether the subscription is live now.
+    fn handle(&mut self, query: GetSubscriptionStatus, _: &mut Context<Self>) -> Self::Result {
+        self.subscription_status(query.0)
     }
 }
 
@@ -455,6 +466,15 @@ impl<C: Connector, P: BrokerProtocol> BrokerHandle<C, P> {
             subscriber,
         };
         self.broker.send(subscribe).await?
+    }
+
+    /// Whether a subscription is live on the server now; see
+    /// [`GetSubscriptionStatus`].
+    pub async fn subscription_status(
+        &self,
+        id: SubscriptionId,
+    ) -> Result<SubscriptionStatus, BrokerError> {
+        self.broker.send(GetSubscriptionStatus(id)).await?
     }
 
     /// Ends a subscription; see [`Unsubscribe`].

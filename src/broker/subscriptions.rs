@@ -27,10 +27,12 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::fanout::Subscriber;
-use super::messages::{BrokerError, Delivery, SubscriptionId};
+use super::messages::{BrokerError, Delivery, SubscriptionId, SubscriptionStatus};
 use super::{answered, Broker, BrokerProtocol, Joined, Message, Resume};
 use crate::transport::Connector;
-use crate::{Abort, Call, ConnectionId, PoolError, SharedConnection, Spread};
+use crate::{
+    Abort, Call, CallError, ConnectError, ConnectionId, PoolError, SharedConnection, Spread,
+};
 
 /// Pushes held per topic while its subscribe is answered (the replay, and what is
 /// published meanwhile); past it, the rest are lost, and counted as missed when the
@@ -60,6 +62,8 @@ pub(super) struct Topic<C: Connector, P: BrokerProtocol> {
     held: Vec<Message>,
     /// Failed attempts in a row, for the backoff.
     failures: u32,
+    /// Why the last attempt failed, while the topic is not live.
+    last_error: Option<BrokerError>,
 }
 
 impl<C: Connector, P: BrokerProtocol> Default for Topic<C, P> {
@@ -74,6 +78,7 @@ impl<C: Connector, P: BrokerProtocol> Default for Topic<C, P> {
             incarnation: 0,
             held: Vec::new(),
             failures: 0,
+            last_error: None,
         }
     }
 }
@@ -94,6 +99,27 @@ impl<C: Connector, P: BrokerProtocol> Topic<C, P> {
             .iter_mut()
             .chain(self.waiting.iter_mut().map(|(subscriber, _)| subscriber))
     }
+}
+
+/// Whether `error` says the subscription itself is refused, so that trying again
+/// would fail the same way: the server answered with an error, the topic cannot be
+/// encoded, the answer broke the protocol, or the protocol has no subscriptions.
+fn refuses_subscription(error: &BrokerError) -> bool {
+    matches!(
+        error,
+        BrokerError::Call(CallError::Remote(_) | CallError::Encode(_))
+            | BrokerError::BadAnswer(_)
+            | BrokerError::Unsupported(_)
+            | BrokerError::Pool(PoolError::Connect(ConnectError::Unsupported { .. }))
+    )
+}
+
+/// Whether the pool is closed or closing, so that there is nothing to subscribe on.
+fn pool_gone(error: &BrokerError) -> bool {
+    matches!(
+        error,
+        BrokerError::Pool(PoolError::Closed | PoolError::Draining)
+    )
 }
 
 /// Checks a sequenced server's subscribe answer against what was asked: numbers
@@ -133,7 +159,10 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         let id = SubscriptionId(self.next_subscription);
         let entry = self.topics.entry(topic.clone()).or_default();
         let subscriber = Subscriber::new(id, subscriber);
-        if entry.source.is_some() {
+        let pending = entry.source.is_none() && !entry.subscribing && !entry.subscribers.is_empty();
+        if entry.source.is_some() || pending {
+            // Live, or pending and waiting out its backoff: the topic was subscribed
+            // before, so nothing new to check; this subscriber joins it as it is.
             entry.subscribers.push(subscriber);
             self.subscriptions.insert(id, topic);
             let _ = reply.send(Ok(id));
@@ -249,6 +278,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         }
         topic.incarnation = incarnation;
         topic.failures = 0;
+        topic.last_error = None;
         if P::SEQUENCED {
             // Where this connection's numbers go on from: a first subscribe gets
             // what is published after `head`; a resume gets the replay after what it
@@ -320,10 +350,26 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         topic.subscribing = false;
         topic.joining = None;
         topic.held.clear();
-        for (subscriber, reply) in topic.waiting.drain(..) {
-            self.subscriptions.remove(&subscriber.id);
-            let _ = reply.send(Err(error.clone()));
+        let retry = !refuses_subscription(&error) && !pool_gone(&error);
+        if retry {
+            // A subscription is desired state: the server could not be reached (or
+            // the connection failed), so it is kept, pending, and tried again with
+            // backoff; its callers learn that it is not live yet from
+            // `GetSubscriptionStatus`.
+            for (subscriber, reply) in topic.waiting.drain(..) {
+                let _ = reply.send(Ok(subscriber.id));
+                topic.subscribers.push(subscriber);
+            }
+        } else {
+            // Invalid (the server refused it, the topic cannot be encoded, the
+            // answer broke the protocol) or nothing to subscribe on: a typed error
+            // at once, and not kept.
+            for (subscriber, reply) in topic.waiting.drain(..) {
+                self.subscriptions.remove(&subscriber.id);
+                let _ = reply.send(Err(error.clone()));
+            }
         }
+        topic.last_error = Some(error.clone());
         if topic.is_unused() {
             self.topics.remove(&name);
             return;
@@ -333,7 +379,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             // close starts another attempt.
             return;
         }
-        if matches!(error, BrokerError::Pool(PoolError::Closed)) {
+        if pool_gone(&error) {
             // The pool is gone for good: nothing to subscribe on, ever. Retrying
             // would keep this broker alive after every handle to it is dropped.
             tracing::debug!(topic = ?name, "pool closed; not subscribing again");
@@ -427,6 +473,25 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         };
         let name = delivery.topic.clone();
         self.fan_out(&name, delivery, ctx);
+    }
+
+    /// Whether subscription `id` is live on the server now.
+    pub(super) fn subscription_status(
+        &self,
+        id: SubscriptionId,
+    ) -> Result<SubscriptionStatus, BrokerError> {
+        let name = self
+            .subscriptions
+            .get(&id)
+            .ok_or(BrokerError::NotSubscribed)?;
+        let topic = self.topics.get(name).ok_or(BrokerError::NotSubscribed)?;
+        Ok(if topic.source.is_some() {
+            SubscriptionStatus::Live
+        } else {
+            SubscriptionStatus::Pending {
+                last_error: topic.last_error.clone(),
+            }
+        })
     }
 
     /// Ends subscription `id`; the server is told when it was the topic's last.
