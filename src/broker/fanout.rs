@@ -27,7 +27,6 @@ use tokio::time::Instant;
 use super::messages::{BrokerStats, Delivery, SubscriptionId};
 use super::{Broker, BrokerProtocol};
 use crate::transport::Connector;
-use crate::Call;
 
 /// How often held messages are offered again to mailboxes that were full.
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
@@ -162,7 +161,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         if dropped > 0 {
             self.note_loss(name, dropped, 0);
         }
-        self.forget_gone(gone);
+        self.forget_gone(gone, ctx);
     }
 
     /// Tells every subscriber of `name` that `count` messages of the topic are gone
@@ -234,27 +233,19 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
                 self.lag.lagging.insert(name);
             }
         }
-        self.forget_gone(gone);
+        self.forget_gone(gone, ctx);
         if !self.lag.lagging.is_empty() {
             self.schedule_flush(ctx);
         }
     }
 
-    /// Forgets subscribers whose mailboxes closed.
-    fn forget_gone(&mut self, gone: Vec<SubscriptionId>) {
+    /// Forgets subscribers whose mailboxes closed; the server is told when a topic
+    /// has none left.
+    fn forget_gone(&mut self, gone: Vec<SubscriptionId>, ctx: &mut Context<Self>) {
         for id in gone {
             if let Some((name, source)) = self.forget_subscriber(id) {
-                self.tell_unsubscribed(name, source);
+                self.unsubscribe_on(name, source, ctx);
             }
         }
-    }
-
-    /// Tells the server, over `source`, that topic `name` has no local subscriber
-    /// left.
-    pub(super) fn tell_unsubscribed(&mut self, name: Bytes, source: crate::SharedConnection<C, P>) {
-        // Best effort: the topic's last subscriber went away unasked.
-        let _ = source
-            .addr()
-            .try_send(Call::new(self.protocol.unsubscribe(name)));
     }
 }

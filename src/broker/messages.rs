@@ -397,8 +397,10 @@ impl BrokerConfig {
     }
 
     /// The first and the longest wait between attempts to subscribe again after a
-    /// subscription's connection closed and no other could be had. Defaults to 50
-    /// milliseconds and 2 seconds.
+    /// subscription's connection closed and no other could be had, or while the
+    /// server cannot be reached. The wait doubles from `first` up to `max`, and each
+    /// one is less up to half of it at random (jitter), so that topics that failed
+    /// together do not retry in lockstep. Defaults to 50 milliseconds and 2 seconds.
     #[must_use]
     pub fn resubscribe_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.resubscribe_backoff = (first, max.max(first));

@@ -52,6 +52,7 @@ mod messages;
 mod producer;
 mod protocol;
 mod subscriptions;
+mod unsubscribes;
 
 use std::fmt;
 use std::future::Future;
@@ -102,6 +103,8 @@ pub struct Broker<C: Connector, P: BrokerProtocol = FrameProtocol> {
     next_subscription: u64,
     /// Held deliveries to offer again, and the rate of warnings about losses.
     lag: fanout::Lag,
+    /// Unsubscribes under way, and where a stray push can be answered with one.
+    unsubscribes: unsubscribes::Unsubscribes<C, P>,
     stats: BrokerStats,
     /// Unordered publishes handled and not yet resolved.
     unordered_in_flight: usize,
@@ -171,6 +174,7 @@ impl<C: Connector, P: BrokerProtocol> BrokerBuilder<C, P> {
                 subscriptions: FxHashMap::default(),
                 next_subscription: 0,
                 lag: fanout::Lag::default(),
+                unsubscribes: unsubscribes::Unsubscribes::default(),
                 stats: BrokerStats::default(),
                 unordered_in_flight: 0,
                 requests_in_flight: 0,
@@ -331,24 +335,16 @@ impl<C: Connector, P: BrokerProtocol> Handler<Subscribe> for Broker<C, P> {
 impl<C: Connector, P: BrokerProtocol> Handler<Unsubscribe> for Broker<C, P> {
     type Result = ResponseFuture<Result<(), BrokerError>>;
 
-    /// Ends a subscription, telling the server when it was the topic's last.
-    fn handle(&mut self, Unsubscribe(id): Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+    /// Ends a subscription at once, and tells the server when it was the topic's
+    /// last (retried until acknowledged, within a bound; see `unsubscribes.rs`).
+    fn handle(&mut self, Unsubscribe(id): Unsubscribe, ctx: &mut Context<Self>) -> Self::Result {
         if !self.subscriptions.contains_key(&id) {
             return Box::pin(async { Err(BrokerError::NotSubscribed) });
         }
-        let tell = self.forget_subscriber(id);
-        let protocol = self.protocol.clone();
-        Box::pin(async move {
-            if let Some((name, source)) = tell {
-                // The subscription is gone here whatever the server says; a
-                // connection that closed meanwhile took it along on the server.
-                let _ = source
-                    .addr()
-                    .send(Call::new(protocol.unsubscribe(name)))
-                    .await;
-            }
-            Ok(())
-        })
+        if let Some((name, source)) = self.forget_subscriber(id) {
+            self.unsubscribe_on(name, source, ctx);
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -374,6 +370,7 @@ impl<C: Connector, P: BrokerProtocol> Handler<ConnectionEvent> for Broker<C, P> 
                 self.move_subscriptions(id, false, ctx);
             }
             ConnectionEvent::Closed { id, .. } => {
+                self.unsubscribes.closed(id);
                 self.unpin_all(id, ctx);
                 self.move_subscriptions(id, true, ctx);
             }

@@ -194,6 +194,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             match picked {
                 Ok(connection) => {
                     topic.joining = Some(connection.id());
+                    this.unsubscribes.subscribing_on(&connection);
                     topic.held.clear();
                     let resume = Resume {
                         after: topic.last_seq,
@@ -225,9 +226,7 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         let Some(topic) = self.topics.get_mut(&name) else {
             // Everyone unsubscribed meanwhile: the server need not keep it.
             if answer.is_ok() {
-                let _ = connection
-                    .addr()
-                    .try_send(Call::new(self.protocol.unsubscribe(name)));
+                self.unsubscribe_on(name, connection, ctx);
             }
             return;
         };
@@ -311,11 +310,9 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         }
         if let Some(old) = old.filter(|old| Some(old.id()) != now_on) {
             self.stats.resubscribes += 1;
-            // Moved off a draining connection: stop its copies. Best effort (`try_send`):
-            // it closes soon, and the server drops its subscriptions then.
-            let _ = old
-                .addr()
-                .try_send(Call::new(self.protocol.unsubscribe(name.clone())));
+            // Moved off a draining connection: stop its copies (it closes soon, and
+            // the server drops its subscriptions then at the latest).
+            self.unsubscribe_on(name.clone(), old, ctx);
         }
         if let Some(source) = now_on {
             // In sequence: the connection may have carried new pushes of an earlier
@@ -387,6 +384,10 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         }
         let (first, max) = self.config.resubscribe_backoff;
         let wait = first.saturating_mul(1 << topic.failures.min(16)).min(max);
+        // Less up to half of it, at random (as the pool's reconnects): topics that
+        // failed together (their connection closed under them) do not come back in
+        // one wave. `fastrand`'s thread-local generator, which the simulation seeds.
+        let wait = wait.mul_f64(0.5 + fastrand::f64() / 2.0);
         topic.failures = topic.failures.saturating_add(1);
         tracing::debug!(topic = ?name, %error, ?wait, "subscribe failed; trying again");
         ctx.run_later(wait, move |this, ctx| {
@@ -437,7 +438,8 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         ctx: &mut Context<Self>,
     ) {
         let Some(topic) = self.topics.get_mut(&message.topic) else {
-            return;
+            // Nobody here wants it: the server missed an unsubscribe.
+            return self.stray_push(connection, message.topic, ctx);
         };
         if topic.joining == Some(connection) && topic.source_id() != Some(connection) {
             // Which life of the server numbered it is known with the answer; and
@@ -448,7 +450,9 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             return;
         }
         if topic.source_id() != Some(connection) {
-            return;
+            // Subscribed here, but on another connection (this one was left after a
+            // move): the server missed an unsubscribe.
+            return self.stray_push(connection, message.topic, ctx);
         }
         let (seq, gap) = match message.seq {
             // After a move, a message may come twice (a replayed one after the
@@ -473,6 +477,13 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
         };
         let name = delivery.topic.clone();
         self.fan_out(&name, delivery, ctx);
+    }
+
+    /// Whether topic `name` is subscribed, or being subscribed, on `connection`.
+    pub(super) fn subscribed_on(&self, name: &Bytes, connection: ConnectionId) -> bool {
+        self.topics.get(name).is_some_and(|topic| {
+            topic.source_id() == Some(connection) || topic.joining == Some(connection)
+        })
     }
 
     /// Whether subscription `id` is live on the server now.
