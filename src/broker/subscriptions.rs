@@ -123,20 +123,15 @@ fn pool_gone(error: &BrokerError) -> bool {
 }
 
 /// Checks a sequenced server's subscribe answer against what was asked: numbers
-/// that no server could mean are refused, with what is wrong. In the server's own
-/// life (the incarnation the client resumed from), the head cannot be behind the
-/// number resumed from, and no more can be missed than lie between the two; across
-/// lives (or from a server that does not name them and whose head went back) the
-/// range starts at 0.
+/// that no server could mean are refused, with what is wrong. No more messages can
+/// be missed than lie between the number resumed from and the head, when the
+/// numbering goes on from it (the same server life, or one that does not name its
+/// lives, and a head not behind it); otherwise between 0 and the head.
 fn check_joined<P: BrokerProtocol>(resume: Resume, joined: Joined) -> Result<(), &'static str> {
     if !P::SEQUENCED {
         return Ok(());
     }
-    let same_life = joined.incarnation != 0 && joined.incarnation == resume.incarnation;
-    if same_life && joined.head < resume.after {
-        return Err("subscribe answer: the topic's head is behind the number resumed from");
-    }
-    let from = if same_life || (joined.incarnation == 0 && joined.head >= resume.after) {
+    let from = if numbering_goes_on(resume, joined) {
         resume.after
     } else {
         0
@@ -145,6 +140,15 @@ fn check_joined<P: BrokerProtocol>(resume: Resume, joined: Joined) -> Result<(),
         return Err("subscribe answer: more messages missed than the topic has had");
     }
     Ok(())
+}
+
+/// Whether the topic's numbering in `joined` goes on from where `resume` left it:
+/// the same server life (or a server that does not name its lives), and a head not
+/// behind the number resumed from. A head behind it in the same life means the
+/// server forgot the topic (it reclaims idle ones) and numbers it from 1 again.
+fn numbering_goes_on(resume: Resume, joined: Joined) -> bool {
+    let same_life = joined.incarnation == 0 || joined.incarnation == resume.incarnation;
+    same_life && joined.head >= resume.after
 }
 
 impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
@@ -267,7 +271,11 @@ impl<C: Connector, P: BrokerProtocol> Broker<C, P> {
             // A server that does not name its life: a head behind us tells.
             head < topic.last_seq
         } else {
-            topic.incarnation != 0 && incarnation != topic.incarnation
+            // Another life of the server, or the same one with a head behind the
+            // number resumed from: the server forgot the topic (an idle topic is
+            // reclaimed) and numbers it from 1 again.
+            (topic.incarnation != 0 && incarnation != topic.incarnation)
+                || !numbering_goes_on(resume, Joined::new(missed, head, incarnation))
         };
         if restarted {
             // The server numbers this topic from scratch: what it sends now (its
