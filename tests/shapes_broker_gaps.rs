@@ -121,3 +121,134 @@ async fn gaps_in_sequence_numbers_are_counted_and_told() {
     let stats = client.stats().await.expect("broker alive");
     assert_eq!(stats.missed, 5 + 3 + 1, "{stats:?}");
 }
+
+/// A subscriber that records every delivery, with a mailbox of its own size.
+struct Recorder {
+    capacity: usize,
+    sender: tokio::sync::mpsc::UnboundedSender<Delivery>,
+}
+
+impl actix::Actor for Recorder {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut actix::Context<Self>) {
+        ctx.set_mailbox_capacity(self.capacity);
+    }
+}
+
+impl actix::Handler<Delivery> for Recorder {
+    type Result = ();
+
+    fn handle(&mut self, delivery: Delivery, _: &mut actix::Context<Self>) {
+        let _ = self.sender.send(delivery);
+    }
+}
+
+/// One generated shape: how many messages, the subscriber's mailbox, and which
+/// numbers the server skips.
+#[derive(Debug)]
+struct Shape {
+    messages: u64,
+    mailbox: usize,
+    skip_one_in: Option<u64>,
+    pause_every: Option<u64>,
+}
+
+impl Shape {
+    fn of(seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        Self {
+            messages: match rng.u8(..4) {
+                0 => rng.u64(1..=16),
+                1 => rng.u64(17..=2_001),
+                _ => rng.u64(2_002..=20_000),
+            },
+            mailbox: [1, 2, 16, 64, 4_096][rng.usize(..5)],
+            skip_one_in: [None, Some(2), Some(7), Some(100)][rng.usize(..4)],
+            pause_every: [None, Some(1), Some(50), Some(1_000)][rng.usize(..4)],
+        }
+    }
+}
+
+/// Bursts from 1 to 20,000 messages, mailboxes from 1 to 4,096, numbers skipped or
+/// not, sent all at once or paced: in every case what the subscriber received plus
+/// what it was told it missed is every number up to the last, each delivery's
+/// `missed_before` is exactly the step since the one before, and the last message
+/// arrives. Seeds are fixed (and printed); `SWITCHBOARD_SHAPES_SEED=S` runs seed `S`.
+#[test]
+fn every_burst_shape_is_received_or_reported() {
+    let seeds: Vec<u64> = match std::env::var("SWITCHBOARD_SHAPES_SEED") {
+        Ok(seed) => vec![seed.parse().expect("SWITCHBOARD_SHAPES_SEED is a number")],
+        Err(_) => (1..=12).collect(),
+    };
+    for seed in seeds {
+        let shape = Shape::of(seed);
+        println!("shape seed {seed}: {shape:?}");
+        actix::System::new().block_on(run_shape(seed, shape));
+    }
+}
+
+async fn run_shape(seed: u64, shape: Shape) {
+    tokio::time::pause();
+    let network = MemoryNetwork::new();
+    let mut listener = network.bind("server");
+    let client = start_client(&network, &listener, 1, BrokerConfig::default());
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = actix::Actor::start(Recorder {
+        capacity: shape.mailbox,
+        sender,
+    });
+    let subscribing = {
+        let client = client.clone();
+        actix_rt::spawn(async move { client.subscribe("news", recorder.recipient()).await })
+    };
+    let mut peer = accept(&mut listener).await;
+    let subscribe = expect(&mut peer, FrameKind::Subscribe).await;
+    peer.reply(&subscribe, joined(0, 0, 7)).await;
+    subscribing.await.unwrap().expect("subscribed");
+
+    let mut skipped = 0u64;
+    let last = shape.messages;
+    for seq in 1..=last {
+        // Never skip the last one: the subscriber learns of a gap with a message.
+        if seq != last && shape.skip_one_in.is_some_and(|one_in| seq % one_in == 0) {
+            skipped += 1;
+            continue;
+        }
+        peer.send(push("news", seq, seq.to_be_bytes().to_vec()))
+            .await;
+        if shape.pause_every.is_some_and(|every| seq % every == 0) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    let (mut previous, mut accounted, mut deliveries, mut told) = (0u64, 0u64, 0u64, 0u64);
+    while accounted < last {
+        let delivery = tokio::time::timeout(WAIT, received.recv())
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: stalled at {accounted} of {last}"))
+            .expect("recorder alive");
+        assert_eq!(
+            delivery.seq,
+            previous + 1 + delivery.missed_before,
+            "seed {seed}: wrong gap reported after seq {previous}"
+        );
+        assert_eq!(&delivery.payload[..], &delivery.seq.to_be_bytes()[..]);
+        previous = delivery.seq;
+        accounted += 1 + delivery.missed_before;
+        told += delivery.missed_before;
+        deliveries += 1;
+    }
+    assert_eq!(
+        previous, last,
+        "seed {seed}: the last message did not arrive"
+    );
+    let stats = client.stats().await.expect("broker alive");
+    assert_eq!(stats.missed, skipped, "seed {seed}: {stats:?}");
+    assert_eq!(stats.deliveries, deliveries, "seed {seed}: {stats:?}");
+    assert_eq!(
+        stats.deliveries_dropped,
+        told - skipped,
+        "seed {seed}: {stats:?}"
+    );
+}
