@@ -208,7 +208,10 @@ pub enum SubscriptionStatus {
     },
 }
 
-/// Ends a subscription; when it was the topic's last one, the server is told.
+/// Ends a subscription at once: its subscriber gets nothing more, and the call
+/// resolves without waiting for the server. When it was the topic's last one here,
+/// the server is told, again until it acknowledges (within a bound); a push of the
+/// topic that still arrives later makes the broker tell it once more.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<(), BrokerError>")]
 pub struct Unsubscribe(pub SubscriptionId);

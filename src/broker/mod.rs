@@ -24,7 +24,12 @@
 //! - Subscriptions outlive their connections: on a close the broker subscribes again
 //!   elsewhere and the server replays what was missed (within its replay window); on a
 //!   drain it subscribes elsewhere before letting go of the old connection. Each
-//!   subscriber sees a topic's messages in order and at most once.
+//!   subscriber sees a topic's messages in order and at most once. They outlive
+//!   outages too: one made while the server cannot be reached is kept, pending
+//!   ([`SubscriptionStatus`]), and retried with jittered backoff until it is live.
+//! - Unsubscribes reach the server: retried until acknowledged, within a bound, and
+//!   sent again (rate-limited) when a push shows the server still sends a topic
+//!   nobody here subscribes to; see `unsubscribes.rs`.
 //! - Bounds: `max_unconfirmed` messages per producer, `max_producers`, the broker's
 //!   mailbox, and subscribers' mailboxes: the broker never waits for a subscriber,
 //!   holds at most one message for a full mailbox, and tells every loss in the next
