@@ -4,6 +4,7 @@
 //! invalid ones still fail at once.
 
 mod broker_support;
+mod shapes_broker_support;
 
 use std::time::Duration;
 
@@ -111,4 +112,77 @@ async fn an_invalid_subscription_still_fails_at_once() {
     );
     let stats = client.stats().await.expect("broker alive");
     assert_eq!(stats.topics, 0, "not kept: {stats:?}");
+}
+
+/// Outages from 100 ms to 10 minutes (virtual time, a scripted server on the
+/// in-memory network): a subscription made at the start of the outage is pending
+/// throughout, and joins within the longest backoff (plus the pool's) of the server
+/// coming back, then gets what is published.
+#[test]
+fn pending_subscriptions_join_within_a_bound_after_outages_of_any_length() {
+    use shapes_broker_support as scripted;
+    use switchboard::broker::Delivery;
+    use switchboard::protocol::frame::FrameKind;
+    use switchboard::testkit::Probe;
+    use switchboard::transport::MemoryNetwork;
+    use switchboard::Authority;
+    use tokio::time::Instant;
+
+    let outages = [
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+        Duration::from_secs(600),
+    ];
+    for outage in outages {
+        actix::System::new().block_on(async move {
+            tokio::time::pause();
+            let network = MemoryNetwork::new();
+            let client = scripted::start_client_to(
+                &network,
+                Authority::memory("server"),
+                1,
+                BrokerConfig::default(),
+            );
+            let mut probe = Probe::<Delivery>::start();
+            let id =
+                tokio::time::timeout(scripted::WAIT, client.subscribe("news", probe.recipient()))
+                    .await
+                    .expect("subscribe resolves")
+                    .unwrap_or_else(|error| panic!("outage {outage:?}: not kept: {error}"));
+            tokio::time::sleep(outage).await;
+            let status = client.subscription_status(id).await.expect("known");
+            assert!(
+                matches!(
+                    status,
+                    SubscriptionStatus::Pending {
+                        last_error: Some(_)
+                    }
+                ),
+                "outage {outage:?}: {status:?}"
+            );
+
+            let mut listener = network.bind("server");
+            let back = Instant::now();
+            let mut peer = scripted::accept(&mut listener).await;
+            let subscribe = scripted::expect(&mut peer, FrameKind::Subscribe).await;
+            let joined_after = back.elapsed();
+            // The broker's longest backoff (2 s by default) and the pool's (100 ms
+            // in these tests), and a little for the connect itself.
+            assert!(
+                joined_after <= Duration::from_millis(2_200),
+                "outage {outage:?}: joined {joined_after:?} after the server came back"
+            );
+            peer.reply(&subscribe, scripted::joined(0, 0, 7)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let status = client.subscription_status(id).await.expect("known");
+            assert!(
+                matches!(status, SubscriptionStatus::Live),
+                "outage {outage:?}: {status:?}"
+            );
+            peer.send(scripted::push("news", 1, "first")).await;
+            let delivery = probe.expect(scripted::WAIT).await;
+            assert_eq!((delivery.seq, delivery.missed_before), (1, 0));
+        });
+    }
 }

@@ -13,7 +13,7 @@ use switchboard::broker::{BrokerConfig, Delivery};
 use switchboard::protocol::frame::{Frame, FrameKind, FrameProtocol};
 use switchboard::testkit::MockPeer;
 use switchboard::transport::{MemoryConnector, MemoryListener, MemoryNetwork};
-use switchboard::{Broker, BrokerHandle, ConnectionConfig, Pool, PoolConfig};
+use switchboard::{Authority, Broker, BrokerHandle, ConnectionConfig, Pool, PoolConfig};
 use tokio::io::DuplexStream;
 
 /// The bound on every wait of these tests (virtual time: it costs nothing).
@@ -34,6 +34,16 @@ pub fn start_client(
     max_size: usize,
     config: BrokerConfig,
 ) -> Client {
+    start_client_to(network, listener.authority().clone(), max_size, config)
+}
+
+/// As [`start_client`], to `authority`, which need not be listening yet.
+pub fn start_client_to(
+    network: &MemoryNetwork,
+    authority: Authority,
+    max_size: usize,
+    config: BrokerConfig,
+) -> Client {
     let pool = PoolConfig::builder()
         .max_size(max_size)
         .backoff_base(Duration::from_millis(10))
@@ -51,9 +61,7 @@ pub fn start_client(
     let pool = Pool::builder(network.connector(), FrameProtocol::default())
         .config(pool)
         .connection(connection);
-    Broker::builder(pool, listener.authority().clone())
-        .config(config)
-        .start()
+    Broker::builder(pool, authority).config(config).start()
 }
 
 /// The next connection to `listener`, as a scripted peer.
