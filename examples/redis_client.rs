@@ -133,6 +133,13 @@ fn check(ok: bool, what: &str) -> Result<()> {
 struct Collect(mpsc::UnboundedSender<Delivery>);
 impl Actor for Collect {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The broker hands deliveries over with `try_send` and never waits: actix's
+        // default mailbox (16) would lose messages of any burst (each loss told in
+        // the next delivery's `missed_before`). 4,096 holds every burst here.
+        ctx.set_mailbox_capacity(4096);
+    }
 }
 impl Handler<Delivery> for Collect {
     type Result = ();

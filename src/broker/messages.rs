@@ -152,13 +152,29 @@ impl Message for Request {
     type Result = Result<Bytes, BrokerError>;
 }
 
-/// Subscribes `subscriber` to `topic`; resolves once the server confirmed the
-/// subscription (at once when the topic is already subscribed here).
+/// Subscribes `subscriber` to `topic`. A subscription is desired state: it is kept
+/// until [`Unsubscribe`], and the broker keeps it subscribed on the server across
+/// connection closes and server outages.
 ///
-/// Messages reach the subscriber as [`Delivery`]s with `try_send`: a subscriber whose
-/// mailbox is full loses the message (counted in [`BrokerStats::deliveries_dropped`])
-/// rather than making the broker buffer without bound; one whose mailbox is closed is
-/// unsubscribed.
+/// Resolves with its id once the server confirmed it (at once when the topic is
+/// subscribed here already), or once the first attempt failed because the server
+/// could not be reached (no connection, a connection that closed, a timeout): then
+/// the subscription is kept, pending, and tried again with `resubscribe_backoff`
+/// (jittered) until it is live; [`GetSubscriptionStatus`] says which. A subscription
+/// the server or the protocol refuses (an error answer, a topic too long to encode,
+/// an answer that breaks the protocol) fails at once with that error and is not
+/// kept; so does one made while the pool is closing. A subscription that becomes
+/// live late gets what is published from then on, like any first subscription.
+///
+/// Messages reach the subscriber as [`Delivery`]s with `try_send`: the broker never
+/// waits for a subscriber, nor buffers for it without bound. When its mailbox is full
+/// the broker holds the newest message for it and offers it again every 10 ms; an
+/// older held message is lost for it, counted in
+/// [`BrokerStats::deliveries_dropped`], and told in the next delivery's
+/// [`Delivery::missed_before`]. Size the subscriber's mailbox
+/// (`ctx.set_mailbox_capacity`) for the largest burst it must take between two of its
+/// turns: actix's default of 16 loses most of any burst. One whose mailbox is closed
+/// is unsubscribed.
 #[derive(Debug, Clone)]
 pub struct Subscribe {
     /// The topic.
@@ -171,7 +187,31 @@ impl Message for Subscribe {
     type Result = Result<SubscriptionId, BrokerError>;
 }
 
-/// Ends a subscription; when it was the topic's last one, the server is told.
+/// Asks whether a subscription is live on the server now; resolves with
+/// [`BrokerError::NotSubscribed`] for an unknown one.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<SubscriptionStatus, BrokerError>")]
+pub struct GetSubscriptionStatus(pub SubscriptionId);
+
+/// Where a subscription stands; see [`GetSubscriptionStatus`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SubscriptionStatus {
+    /// Subscribed on the server: its messages reach the subscriber.
+    Live,
+    /// Not subscribed on the server now: it could not be reached yet, or the
+    /// subscription's connection closed and it is joining again. The broker keeps
+    /// trying, with `resubscribe_backoff`, for as long as the subscription exists.
+    Pending {
+        /// Why the last attempt failed (`None` while the first is under way).
+        last_error: Option<BrokerError>,
+    },
+}
+
+/// Ends a subscription at once: its subscriber gets nothing more, and the call
+/// resolves without waiting for the server. When it was the topic's last one here,
+/// the server is told, again until it acknowledges (within a bound); a push of the
+/// topic that still arrives later makes the broker tell it once more.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<(), BrokerError>")]
 pub struct Unsubscribe(pub SubscriptionId);
@@ -189,6 +229,17 @@ pub struct Delivery {
     pub seq: u64,
     /// The message.
     pub payload: Bytes,
+    /// Messages of the topic this subscriber will never get, between the delivery
+    /// before this one (or its subscribe) and this one: lost because its mailbox was
+    /// full, numbers the server skipped, or messages the server could no longer
+    /// replay after a reconnect. So `seq` is the previous delivery's `seq` plus 1
+    /// plus this (on a sequenced server, within one server life), and what a
+    /// subscriber received plus the sum of these is every message of the topic since
+    /// it subscribed. 0 when nothing was lost, which is the rule: see
+    /// [`Subscribe`] for how to size a subscriber's mailbox. Like
+    /// `tokio::sync::broadcast`'s `Lagged`, the count is told with the next message
+    /// that gets through.
+    pub missed_before: u64,
 }
 
 /// Asks for the broker's counters.
@@ -215,11 +266,16 @@ pub struct BrokerStats {
     pub repins: u64,
     /// Messages handed to subscribers.
     pub deliveries: u64,
-    /// Messages dropped because a subscriber's mailbox was full.
+    /// Messages lost for a subscriber because its mailbox was full (each one told to
+    /// it in its next delivery's [`Delivery::missed_before`]).
     pub deliveries_dropped: u64,
     /// Copies that arrived twice while a subscription moved, dropped.
     pub duplicates: u64,
-    /// Messages the server could no longer replay when a subscription caught up.
+    /// Messages of subscribed topics that never reached this broker: those the
+    /// server could no longer replay when a subscription caught up, and gaps in the
+    /// sequence numbers (pushes the server or this broker's connection dropped, a
+    /// replay short of its answer's head). Told to the subscribers in
+    /// [`Delivery::missed_before`].
     pub missed: u64,
     /// Subscriptions made again on another connection (after a close or a drain).
     pub resubscribes: u64,
@@ -344,8 +400,10 @@ impl BrokerConfig {
     }
 
     /// The first and the longest wait between attempts to subscribe again after a
-    /// subscription's connection closed and no other could be had. Defaults to 50
-    /// milliseconds and 2 seconds.
+    /// subscription's connection closed and no other could be had, or while the
+    /// server cannot be reached. The wait doubles from `first` up to `max`, and each
+    /// one is less up to half of it at random (jitter), so that topics that failed
+    /// together do not retry in lockstep. Defaults to 50 milliseconds and 2 seconds.
     #[must_use]
     pub fn resubscribe_backoff(mut self, first: Duration, max: Duration) -> Self {
         self.resubscribe_backoff = (first, max.max(first));

@@ -24,9 +24,19 @@
 //! - Subscriptions outlive their connections: on a close the broker subscribes again
 //!   elsewhere and the server replays what was missed (within its replay window); on a
 //!   drain it subscribes elsewhere before letting go of the old connection. Each
-//!   subscriber sees a topic's messages in order and at most once.
+//!   subscriber sees a topic's messages in order and at most once. They outlive
+//!   outages too: one made while the server cannot be reached is kept, pending
+//!   ([`SubscriptionStatus`]), and retried with jittered backoff until it is live.
+//! - Unsubscribes reach the server: retried until acknowledged, within a bound, and
+//!   sent again (rate-limited) when a push shows the server still sends a topic
+//!   nobody here subscribes to; see `unsubscribes.rs`.
 //! - Bounds: `max_unconfirmed` messages per producer, `max_producers`, the broker's
-//!   mailbox, and subscribers' mailboxes (a full one loses the message, counted).
+//!   mailbox, and subscribers' mailboxes: the broker never waits for a subscriber,
+//!   holds at most one message for a full mailbox, and tells every loss in the next
+//!   [`Delivery::missed_before`] (see `fanout.rs`).
+//! - Gaps are found from sequence numbers (numbers skipped, a replay short of its
+//!   answer's head, what the server could no longer replay): counted in
+//!   [`BrokerStats::missed`] and told to the topic's subscribers the same way.
 //! - Heartbeats never wait behind application messages: connections send and answer
 //!   pings themselves, outside any mailbox.
 //!
@@ -42,10 +52,12 @@
 //! when their connection closes, and what is published while none is subscribed is
 //! not seen.
 
+mod fanout;
 mod messages;
 mod producer;
 mod protocol;
 mod subscriptions;
+mod unsubscribes;
 
 use std::fmt;
 use std::future::Future;
@@ -59,8 +71,9 @@ use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
 pub use messages::{
-    BrokerConfig, BrokerError, BrokerStats, Confirmed, Delivery, GetBrokerStats, Order, ProducerId,
-    Publish, Request, Subscribe, SubscriptionId, Unconfirmed, Unsubscribe,
+    BrokerConfig, BrokerError, BrokerStats, Confirmed, Delivery, GetBrokerStats,
+    GetSubscriptionStatus, Order, ProducerId, Publish, Request, Subscribe, SubscriptionId,
+    SubscriptionStatus, Unconfirmed, Unsubscribe,
 };
 
 pub use protocol::{BrokerProtocol, Fence, Joined, Message, Resume};
@@ -93,6 +106,10 @@ pub struct Broker<C: Connector, P: BrokerProtocol = FrameProtocol> {
     topics: FxHashMap<Bytes, Topic<C, P>>,
     subscriptions: FxHashMap<SubscriptionId, Bytes>,
     next_subscription: u64,
+    /// Held deliveries to offer again, and the rate of warnings about losses.
+    lag: fanout::Lag,
+    /// Unsubscribes under way, and where a stray push can be answered with one.
+    unsubscribes: unsubscribes::Unsubscribes<C, P>,
     stats: BrokerStats,
     /// Unordered publishes handled and not yet resolved.
     unordered_in_flight: usize,
@@ -161,6 +178,8 @@ impl<C: Connector, P: BrokerProtocol> BrokerBuilder<C, P> {
                 topics: FxHashMap::default(),
                 subscriptions: FxHashMap::default(),
                 next_subscription: 0,
+                lag: fanout::Lag::default(),
+                unsubscribes: unsubscribes::Unsubscribes::default(),
                 stats: BrokerStats::default(),
                 unordered_in_flight: 0,
                 requests_in_flight: 0,
@@ -310,7 +329,8 @@ impl<C: Connector, P: BrokerProtocol> Handler<Request> for Broker<C, P> {
 impl<C: Connector, P: BrokerProtocol> Handler<Subscribe> for Broker<C, P> {
     type Result = ResponseFuture<Result<SubscriptionId, BrokerError>>;
 
-    /// Subscribes, and resolves once the server confirmed.
+    /// Subscribes, and resolves once the server confirmed, or pending once it could
+    /// not be reached; see [`Subscribe`].
     fn handle(&mut self, subscribe: Subscribe, ctx: &mut Context<Self>) -> Self::Result {
         let subscribed = self.subscribe(subscribe.topic, subscribe.subscriber, ctx);
         Box::pin(async move { subscribed.await.unwrap_or(Err(BrokerError::Stopped)) })
@@ -320,24 +340,16 @@ impl<C: Connector, P: BrokerProtocol> Handler<Subscribe> for Broker<C, P> {
 impl<C: Connector, P: BrokerProtocol> Handler<Unsubscribe> for Broker<C, P> {
     type Result = ResponseFuture<Result<(), BrokerError>>;
 
-    /// Ends a subscription, telling the server when it was the topic's last.
-    fn handle(&mut self, Unsubscribe(id): Unsubscribe, _: &mut Context<Self>) -> Self::Result {
+    /// Ends a subscription at once, and tells the server when it was the topic's
+    /// last (retried until acknowledged, within a bound; see `unsubscribes.rs`).
+    fn handle(&mut self, Unsubscribe(id): Unsubscribe, ctx: &mut Context<Self>) -> Self::Result {
         if !self.subscriptions.contains_key(&id) {
             return Box::pin(async { Err(BrokerError::NotSubscribed) });
         }
-        let tell = self.forget_subscriber(id);
-        let protocol = self.protocol.clone();
-        Box::pin(async move {
-            if let Some((name, source)) = tell {
-                // The subscription is gone here whatever the server says; a
-                // connection that closed meanwhile took it along on the server.
-                let _ = source
-                    .addr()
-                    .send(Call::new(protocol.unsubscribe(name)))
-                    .await;
-            }
-            Ok(())
-        })
+        if let Some((name, source)) = self.forget_subscriber(id) {
+            self.unsubscribe_on(name, source, ctx);
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -345,9 +357,9 @@ impl<C: Connector, P: BrokerProtocol> Handler<Pushed<P>> for Broker<C, P> {
     type Result = ();
 
     /// Hands a subscribed message to its topic's subscribers.
-    fn handle(&mut self, pushed: Pushed<P>, _: &mut Context<Self>) {
+    fn handle(&mut self, pushed: Pushed<P>, ctx: &mut Context<Self>) {
         if let Some(message) = self.protocol.message(pushed.push) {
-            self.deliver(pushed.connection, message);
+            self.deliver(pushed.connection, message, ctx);
         }
     }
 }
@@ -363,11 +375,21 @@ impl<C: Connector, P: BrokerProtocol> Handler<ConnectionEvent> for Broker<C, P> 
                 self.move_subscriptions(id, false, ctx);
             }
             ConnectionEvent::Closed { id, .. } => {
+                self.unsubscribes.closed(id);
                 self.unpin_all(id, ctx);
                 self.move_subscriptions(id, true, ctx);
             }
             _ => {}
         }
+    }
+}
+
+impl<C: Connector, P: BrokerProtocol> Handler<GetSubscriptionStatus> for Broker<C, P> {
+    type Result = Result<SubscriptionStatus, BrokerError>;
+
+    /// Whether the subscription is live now.
+    fn handle(&mut self, query: GetSubscriptionStatus, _: &mut Context<Self>) -> Self::Result {
+        self.subscription_status(query.0)
     }
 }
 
@@ -446,6 +468,15 @@ impl<C: Connector, P: BrokerProtocol> BrokerHandle<C, P> {
             subscriber,
         };
         self.broker.send(subscribe).await?
+    }
+
+    /// Whether a subscription is live on the server now; see
+    /// [`GetSubscriptionStatus`].
+    pub async fn subscription_status(
+        &self,
+        id: SubscriptionId,
+    ) -> Result<SubscriptionStatus, BrokerError> {
+        self.broker.send(GetSubscriptionStatus(id)).await?
     }
 
     /// Ends a subscription; see [`Unsubscribe`].
