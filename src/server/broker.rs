@@ -51,6 +51,7 @@ use super::fences::Fences;
 use crate::connection::{Evict, QueueTicket};
 use crate::protocol::frame::{Frame, FrameKind, FrameProtocol, PUBLISH_FENCE_LENGTH};
 use crate::protocol::RemoteError;
+use crate::GetStats;
 use crate::{CloseReason, ConfigError, ConnectionEvent, ConnectionId, Deliver, Incoming, Overflow};
 
 /// A request a handler answers: what a client sent with
@@ -120,6 +121,9 @@ pub struct ServerStats {
     pub slow_disconnects: u64,
     /// Messages replayed to subscribers catching up.
     pub replayed: u64,
+    /// Subscriptions catching up now: their replay is sent as their connection's
+    /// queue and write buffer make room, and new messages of the topic follow it.
+    pub catching_up: usize,
     /// Requests handed to handlers.
     pub requests: u64,
     /// Requests answered with an error (no handler, handler failed or gone, too many
@@ -329,12 +333,24 @@ pub(crate) struct Register {
     pub(crate) connection: ConnectionId,
     pub(crate) deliver: Recipient<Deliver<FrameProtocol>>,
     pub(crate) evict: Recipient<Evict>,
+    /// How the broker looks at the connection's write buffer while it replays.
+    pub(crate) stats: Recipient<GetStats>,
+    /// The connection's `max_write_buffer`.
+    pub(crate) max_write_buffer: usize,
 }
+
+/// How long a replay waits before it looks again at a peer that had no room.
+const REPLAY_TICK: Duration = Duration::from_millis(10);
+
+/// The bound on a look at a peer's write buffer; past it, the replay looks again
+/// after a tick.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One registered connection.
 struct Peer {
     deliver: Recipient<Deliver<FrameProtocol>>,
     evict: Recipient<Evict>,
+    stats: Recipient<GetStats>,
     /// Frames sent to it and not yet handled by it.
     queued: Arc<AtomicUsize>,
     topics: FxHashSet<Bytes>,
@@ -342,14 +358,37 @@ struct Peer {
     requests: usize,
     /// Set once the peer was disconnected for being slow: nothing more is sent.
     evicted: bool,
+    /// Topics it is catching up on (each has a cursor for it), served in turn.
+    catching_up: VecDeque<Bytes>,
+    /// The share of its write buffer a replay may fill: half of it, so that live
+    /// messages of other topics and answers still fit.
+    replay_budget: usize,
+    /// Replay bytes it may still be sent before its write buffer is looked at again.
+    replay_credit: usize,
+    /// Whether its write buffer was empty at the last look: then one message larger
+    /// than the budget may go.
+    replay_fresh: bool,
+    /// Whether a look at its write buffer is under way.
+    probing: bool,
 }
 
 #[derive(Default)]
 struct Topic {
     subscribers: Vec<ConnectionId>,
+    /// Subscribers catching up, with the number of the next message each gets from
+    /// `retained`. A live publish skips them: their replay reaches it in turn, so it
+    /// never overtakes what they missed.
+    cursors: FxHashMap<ConnectionId, u64>,
     /// The sequence number of the last message published.
     head: u64,
     retained: VecDeque<(u64, Bytes)>,
+}
+
+impl Topic {
+    /// The number of the oldest message retained (one past `head` if none is).
+    fn oldest(&self) -> u64 {
+        self.retained.front().map_or(self.head + 1, |(seq, _)| *seq)
+    }
 }
 
 /// The server side's router: routes each connection's `Request` frames to handler
@@ -439,14 +478,7 @@ impl ServerBroker {
         match overflow {
             Overflow::Drop => Sent::Dropped,
             Overflow::Close => {
-                peer.evicted = true;
-                tracing::info!(%connection, queued = full, limit, "slow peer disconnected");
-                // `do_send` passes the full mailbox; the eviction must get through.
-                peer.evict.do_send(Evict(CloseReason::SlowConsumer {
-                    queued: full,
-                    limit,
-                }));
-                self.stats.slow_disconnects += 1;
+                self.evict(connection, full);
                 Sent::Evicted
             }
         }
@@ -484,7 +516,13 @@ impl ServerBroker {
             }
             entry.retained.push_back((seq, payload.clone()));
         }
-        let subscribers = entry.subscribers.clone();
+        // Those catching up get it through their replay, after what they missed.
+        let subscribers: Vec<ConnectionId> = entry
+            .subscribers
+            .iter()
+            .filter(|id| !entry.cursors.contains_key(id))
+            .copied()
+            .collect();
         self.stats.published += 1;
         let overflow = self.config.slow_subscriber;
         for subscriber in subscribers {
@@ -530,7 +568,7 @@ impl ServerBroker {
         self.on_publish(connection, frame);
     }
 
-    fn on_subscribe(&mut self, connection: ConnectionId, frame: Frame) {
+    fn on_subscribe(&mut self, connection: ConnectionId, frame: Frame, ctx: &mut Context<Self>) {
         let Some(name) = frame.topic else {
             return self.refuse(connection, frame.id, "subscribe without a topic");
         };
@@ -550,12 +588,23 @@ impl ServerBroker {
             }
             _ => return self.refuse(connection, frame.id, "subscribe: bad sequence number"),
         };
-        self.join_topic(connection, frame.id, name, after);
+        self.join_topic(connection, frame.id, name, after, ctx);
     }
 
-    /// Subscribes `connection` to `name`, replays what it missed since `after` (if
-    /// given; `Some(0)` is everything retained), and answers request `id`.
-    fn join_topic(&mut self, connection: ConnectionId, id: u64, name: Bytes, after: Option<u64>) {
+    /// Subscribes `connection` to `name`, answers request `id`, and starts replaying
+    /// what it missed since `after` (if given; `Some(0)` is everything retained).
+    ///
+    /// The answer comes first and names the number the pushes that follow continue
+    /// from (`after`, or the head for a first subscribe), so the client takes the
+    /// replay as new messages. The replay itself is paced by [`Self::pump`].
+    fn join_topic(
+        &mut self,
+        connection: ConnectionId,
+        id: u64,
+        name: Bytes,
+        after: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
         if !self.peers.contains_key(&connection) {
             return;
         }
@@ -567,46 +616,163 @@ impl ServerBroker {
         }
         // Catch up from `after`, if it is a number this topic has given out (one
         // ahead of `head` gets only what comes next).
-        let (replay, missed) = match after {
-            Some(after) if after < topic.head => {
-                let oldest = topic
-                    .retained
-                    .front()
-                    .map_or(topic.head + 1, |(seq, _)| *seq);
-                let missed = oldest.saturating_sub(after + 1);
-                let replay: Vec<(u64, Bytes)> = topic
-                    .retained
-                    .iter()
-                    .filter(|(seq, _)| *seq > after)
-                    .cloned()
-                    .collect();
-                (replay, missed)
-            }
-            _ => (Vec::new(), 0),
+        let from = after.map_or(topic.head, |after| after.min(topic.head));
+        let oldest = topic.oldest();
+        let missed = if from < topic.head {
+            oldest.saturating_sub(from + 1)
+        } else {
+            0
         };
+        let catching_up = from < topic.head && !topic.retained.is_empty();
+        if catching_up {
+            topic.cursors.insert(connection, (from + 1).max(oldest));
+        } else {
+            topic.cursors.remove(&connection);
+        }
         if let Some(peer) = self.peers.get_mut(&connection) {
             peer.topics.insert(name.clone());
+            if catching_up && !peer.catching_up.contains(&name) {
+                peer.catching_up.push_back(name);
+            }
         }
+        let mut answer = Vec::with_capacity(24);
+        answer.extend_from_slice(&missed.to_be_bytes());
+        answer.extend_from_slice(&from.to_be_bytes());
+        answer.extend_from_slice(&self.incarnation.to_be_bytes());
+        self.answer(connection, Frame::response(id, answer));
+        if catching_up {
+            self.pump(connection, ctx);
+        }
+    }
+
+    /// Sends `connection` the next messages of its replays while its queue and its
+    /// write buffer have room; when they have none, looks at its write buffer again
+    /// (a [`GetStats`] behind the frames already sent, so its answer also means the
+    /// connection has taken them) and goes on from there, or after a tick.
+    fn pump(&mut self, connection: ConnectionId, ctx: &mut Context<Self>) {
+        let replay_frames = (self.config.subscriber_queue / 2).max(1);
         let overflow = self.config.slow_subscriber;
-        for (seq, payload) in replay {
+        loop {
+            let Some(peer) = self.peers.get_mut(&connection) else {
+                return;
+            };
+            if peer.evicted || peer.probing {
+                return;
+            }
+            let Some(name) = peer.catching_up.front().cloned() else {
+                return;
+            };
+            let Some(topic) = self.topics.get_mut(&name) else {
+                peer.catching_up.pop_front();
+                continue;
+            };
+            let Some(&cursor) = topic.cursors.get(&connection) else {
+                peer.catching_up.pop_front();
+                continue;
+            };
+            let oldest = topic.oldest();
+            if cursor > topic.head {
+                // Caught up: live from here.
+                topic.cursors.remove(&connection);
+                peer.catching_up.pop_front();
+                continue;
+            }
+            if cursor < oldest {
+                // Published faster than it takes them: what it was still to get fell
+                // out of the window.
+                let lost = oldest - cursor;
+                match overflow {
+                    Overflow::Drop => {
+                        self.stats.dropped = self.stats.dropped.saturating_add(lost);
+                        topic.cursors.insert(connection, oldest);
+                        continue;
+                    }
+                    Overflow::Close => {
+                        // It subscribes again from the last message it got, and
+                        // that answer tells it exactly how many it missed.
+                        let queued = peer.queued.load(std::sync::atomic::Ordering::Acquire);
+                        return self.evict(connection, queued);
+                    }
+                }
+            }
+            let index = usize::try_from(cursor - oldest).expect("within the window");
+            let payload = topic.retained[index].1.clone();
             let push = Frame {
                 kind: FrameKind::Push,
-                id: seq,
+                id: cursor,
                 topic: Some(name.clone()),
                 payload,
             };
-            match self.send(connection, push, overflow) {
-                Sent::Queued => self.stats.replayed += 1,
-                Sent::Dropped => self.stats.dropped += 1,
-                Sent::Evicted => return,
-            }
+            let size = push.encoded_len();
+            let fits = size <= peer.replay_credit || (peer.replay_fresh && size > 0);
+            let ticket = if fits {
+                QueueTicket::take(&peer.queued, replay_frames).ok()
+            } else {
+                None
+            };
+            let Some(ticket) = ticket else {
+                return self.probe(connection, ctx);
+            };
+            peer.replay_credit = peer.replay_credit.saturating_sub(size);
+            peer.replay_fresh = false;
+            // `do_send`: the ticket bounds what is queued to this peer, and a
+            // connection that stopped drops the frame, which is then nobody's.
+            peer.deliver.do_send(Deliver {
+                frame: push,
+                overflow,
+                _ticket: Some(ticket),
+            });
+            topic.cursors.insert(connection, cursor + 1);
+            peer.catching_up.rotate_left(1);
+            self.stats.replayed += 1;
         }
-        let head = self.topics.get(&name).map_or(0, |topic| topic.head);
-        let mut answer = Vec::with_capacity(24);
-        answer.extend_from_slice(&missed.to_be_bytes());
-        answer.extend_from_slice(&head.to_be_bytes());
-        answer.extend_from_slice(&self.incarnation.to_be_bytes());
-        self.answer(connection, Frame::response(id, answer));
+    }
+
+    /// Looks at `connection`'s write buffer, then pumps its replays on.
+    fn probe(&mut self, connection: ConnectionId, ctx: &mut Context<Self>) {
+        let Some(peer) = self.peers.get_mut(&connection) else {
+            return;
+        };
+        peer.probing = true;
+        let look = peer.stats.send(GetStats).timeout(PROBE_TIMEOUT);
+        ctx.spawn(look.into_actor(self).map(move |stats, this, ctx| {
+            let Some(peer) = this.peers.get_mut(&connection) else {
+                return;
+            };
+            peer.probing = false;
+            let Ok(stats) = stats else {
+                // Gone (its `Closed` forgets it) or too busy to answer: later.
+                ctx.run_later(REPLAY_TICK, move |this, ctx| this.pump(connection, ctx));
+                return;
+            };
+            let buffered = stats.buffered_write_bytes;
+            peer.replay_credit = peer.replay_budget.saturating_sub(buffered);
+            peer.replay_fresh = buffered == 0;
+            let replay_frames = (this.config.subscriber_queue / 2).max(1);
+            let queued = peer.queued.load(std::sync::atomic::Ordering::Acquire);
+            if peer.replay_credit > 0 && queued < replay_frames {
+                this.pump(connection, ctx);
+            } else {
+                ctx.run_later(REPLAY_TICK, move |this, ctx| this.pump(connection, ctx));
+            }
+        }));
+    }
+
+    /// Disconnects a slow peer.
+    fn evict(&mut self, connection: ConnectionId, queued: usize) {
+        let limit = self.config.subscriber_queue;
+        let Some(peer) = self.peers.get_mut(&connection) else {
+            return;
+        };
+        if peer.evicted {
+            return;
+        }
+        peer.evicted = true;
+        tracing::info!(%connection, queued, limit, "slow peer disconnected");
+        // `do_send` passes the full mailbox; the eviction must get through.
+        peer.evict
+            .do_send(Evict(CloseReason::SlowConsumer { queued, limit }));
+        self.stats.slow_disconnects += 1;
     }
 
     fn on_unsubscribe(&mut self, connection: ConnectionId, frame: Frame) {
@@ -615,9 +781,11 @@ impl ServerBroker {
         };
         if let Some(peer) = self.peers.get_mut(&connection) {
             peer.topics.remove(&name);
+            peer.catching_up.retain(|topic| *topic != name);
         }
         if let Some(topic) = self.topics.get_mut(&name) {
             topic.subscribers.retain(|id| *id != connection);
+            topic.cursors.remove(&connection);
         }
         self.answer(connection, Frame::response(frame.id, Bytes::new()));
     }
@@ -676,6 +844,7 @@ impl ServerBroker {
         for name in peer.topics {
             if let Some(topic) = self.topics.get_mut(&name) {
                 topic.subscribers.retain(|id| *id != connection);
+                topic.cursors.remove(&connection);
             }
         }
     }
@@ -685,6 +854,7 @@ impl ServerBroker {
             connections: self.peers.len(),
             topics: self.topics.len(),
             subscriptions: self.topics.values().map(|t| t.subscribers.len()).sum(),
+            catching_up: self.topics.values().map(|t| t.cursors.len()).sum(),
             ..self.stats.clone()
         }
     }
@@ -708,10 +878,16 @@ impl Handler<Register> for ServerBroker {
             Peer {
                 deliver: register.deliver,
                 evict: register.evict,
+                stats: register.stats,
                 queued: Arc::new(AtomicUsize::new(0)),
                 topics: FxHashSet::default(),
                 requests: 0,
                 evicted: false,
+                catching_up: VecDeque::new(),
+                replay_budget: (register.max_write_buffer / 2).max(1),
+                replay_credit: 0,
+                replay_fresh: false,
+                probing: false,
             },
         );
     }
@@ -744,7 +920,7 @@ impl Handler<Incoming<FrameProtocol>> for ServerBroker {
             FrameKind::Request => self.on_request(connection, frame, ctx),
             FrameKind::Publish => self.on_publish(connection, frame),
             FrameKind::PublishOrdered => self.on_publish_ordered(connection, frame),
-            FrameKind::Subscribe => self.on_subscribe(connection, frame),
+            FrameKind::Subscribe => self.on_subscribe(connection, frame, ctx),
             FrameKind::Unsubscribe => self.on_unsubscribe(connection, frame),
             // The connection hands over only frames that expect an answer.
             _ => self.refuse(connection, frame.id, "not a request"),

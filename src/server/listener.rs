@@ -269,6 +269,8 @@ impl<A: Accept> Listener<A> {
             connection: id,
             deliver: addr.clone().recipient(),
             evict: addr.clone().recipient(),
+            stats: addr.clone().recipient(),
+            max_write_buffer: self.connection.max_write_buffer(),
         });
         self.open.insert(id, addr.recipient());
         self.stats.accepted += 1;
