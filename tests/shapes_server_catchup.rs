@@ -267,7 +267,7 @@ async fn live_messages_during_a_catch_up_keep_their_order() {
     .await
     .expect("subscribed");
     let size = 16 * 1024;
-    publish_range(&publisher, 0, 1, size, 256).await;
+    publish_range(&publisher, 0, 1, size, 64).await;
     collected.wait_for(1, WAIT).await;
 
     proxy.set_accept(AcceptMode::Refuse).await;
@@ -275,7 +275,7 @@ async fn live_messages_during_a_catch_up_keep_their_order() {
     server
         .wait_stats("the subscription dropped", |s| s.subscriptions == 0)
         .await;
-    publish_range(&publisher, 1, 1_000, size, 256).await;
+    publish_range(&publisher, 1, 1_000, size, 64).await;
     proxy.set_accept(AcceptMode::Forward).await;
     // Published on while the subscriber comes back and catches up.
     publish_range(&publisher, 1_000, 3_000, size, 64).await;
