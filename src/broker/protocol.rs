@@ -53,7 +53,10 @@ pub struct Resume {
 pub struct Joined {
     /// Messages after [`Resume::after`] the server could no longer replay.
     pub missed: u64,
-    /// The topic's last sequence number.
+    /// The number the pushes that follow the answer continue from: the topic's last
+    /// sequence number for a first subscribe, [`Resume::after`] (or 0, in another
+    /// incarnation) when the server replays from there. Everything up to it has been
+    /// seen or counted in `missed`.
     pub head: u64,
     /// The server's incarnation (0 from a server that does not say).
     pub incarnation: u64,

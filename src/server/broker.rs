@@ -18,11 +18,21 @@
 //! carried in the id of the push frame each subscriber receives and in the publish's
 //! confirmation. Each topic keeps its last `replay_window` messages: a client that
 //! lost its connection subscribes again with the last number it saw and first gets
-//! what it missed, in order, then what comes next. The subscribe's answer is three
-//! big-endian `u64`s: how many messages were too old to replay, the topic's last
-//! sequence number, and the broker's incarnation (random per start). A client
-//! subscribing again sends the incarnation its numbers came from: a restarted
-//! server, which numbers every topic from 1 again, then replays all it retained.
+//! what it missed, in order, then what comes next. The subscribe's answer comes
+//! first and is three big-endian `u64`s: how many messages were too old to replay,
+//! the number the pushes that follow continue from (the resume point, or the topic's
+//! last number for a first subscribe), and the broker's incarnation (random per
+//! start). A client subscribing again sends the incarnation its numbers came from: a
+//! restarted server, which numbers every topic from 1 again, then replays all it
+//! retained.
+//!
+//! The replay is a cursor into the window, paced to the peer's bounds (see
+//! [`ServerBroker::pump`]): frames go out only while the peer's queue holds fewer
+//! than half of `subscriber_queue` and its write buffer, looked at with
+//! [`GetStats`], is under half of its `max_write_buffer`; otherwise the broker looks
+//! again every [`REPLAY_TICK`]. New messages of the topic reach a subscriber catching
+//! up through the same cursor, so they never overtake its replay; if they push what it
+//! has still to get out of the window, the `slow_subscriber` policy applies.
 //!
 //! # Slow subscribers
 //! Each connection has a bounded queue of frames on their way to it
