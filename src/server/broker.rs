@@ -26,11 +26,10 @@
 //! restarted server, which numbers every topic from 1 again, then replays all it
 //! retained.
 //!
-//! The replay is a cursor into the window, paced to the peer's bounds (see
-//! [`ServerBroker::pump`]): frames go out only while the peer's queue holds fewer
+//! The replay is a cursor into the window, paced to the peer's bounds: frames go out only while the peer's queue holds fewer
 //! than half of `subscriber_queue` and its write buffer, looked at with
 //! [`GetStats`], is under half of its `max_write_buffer`; otherwise the broker looks
-//! again every [`REPLAY_TICK`]. New messages of the topic reach a subscriber catching
+//! again every 10 ms. New messages of the topic reach a subscriber catching
 //! up through the same cursor, so they never overtake its replay; if they push what it
 //! has still to get out of the window, the `slow_subscriber` policy applies.
 //!
@@ -606,7 +605,7 @@ impl ServerBroker {
     ///
     /// The answer comes first and names the number the pushes that follow continue
     /// from (`after`, or the head for a first subscribe), so the client takes the
-    /// replay as new messages. The replay itself is paced by [`Self::pump`].
+    /// replay as new messages. The replay itself is paced by `pump`.
     fn join_topic(
         &mut self,
         connection: ConnectionId,
