@@ -58,7 +58,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::fences::Fences;
 
 use crate::connection::{Evict, QueueTicket};
-use crate::protocol::frame::{Frame, FrameKind, FrameProtocol, PUBLISH_FENCE_LENGTH};
+use crate::protocol::frame::{
+    Frame, FrameKind, FrameProtocol, LENGTH_PREFIX, PUBLISH_FENCE_LENGTH,
+};
 use crate::protocol::RemoteError;
 use crate::GetStats;
 use crate::{CloseReason, ConfigError, ConnectionEvent, ConnectionId, Deliver, Incoming, Overflow};
@@ -346,6 +348,8 @@ pub(crate) struct Register {
     pub(crate) stats: Recipient<GetStats>,
     /// The connection's `max_write_buffer`.
     pub(crate) max_write_buffer: usize,
+    /// The connection's codec's `max_frame_length`: an answer longer is refused.
+    pub(crate) max_frame_length: usize,
 }
 
 /// How long a replay waits before it looks again at a peer that had no room.
@@ -379,6 +383,8 @@ struct Peer {
     replay_fresh: bool,
     /// Whether a look at its write buffer is under way.
     probing: bool,
+    /// The largest frame its codec encodes (after the length prefix).
+    max_frame_length: usize,
 }
 
 #[derive(Default)]
@@ -824,11 +830,31 @@ impl ServerBroker {
         };
         let answer = handler.send(request).timeout(self.config.handler_timeout);
         ctx.spawn(answer.into_actor(self).map(move |answer, this, _| {
+            let mut max_frame_length = usize::MAX;
             if let Some(peer) = this.peers.get_mut(&connection) {
                 peer.requests -= 1;
+                max_frame_length = peer.max_frame_length;
             }
             let frame = match answer {
-                Ok(Ok(reply)) => Frame::response(id, reply),
+                Ok(Ok(reply)) => {
+                    let frame = Frame::response(id, reply);
+                    // Past the codec's limit the connection could not encode it and
+                    // the caller would wait out its whole timeout: say so at once.
+                    let length = frame.encoded_len() - LENGTH_PREFIX;
+                    if length > max_frame_length {
+                        this.stats.request_errors += 1;
+                        tracing::warn!(%connection, length, max_frame_length, "answer too large for a frame");
+                        let mut message = format!(
+                            "answer too large: {length} bytes, a frame carries at most {max_frame_length}"
+                        );
+                        // Under an absurdly small limit, as much of it as fits.
+                        let room = max_frame_length.saturating_sub(Frame::error(id, "").encoded_len() - LENGTH_PREFIX);
+                        message.truncate(room);
+                        Frame::error(id, message)
+                    } else {
+                        frame
+                    }
+                }
                 Ok(Err(error)) => {
                     this.stats.request_errors += 1;
                     Frame::error(id, error.message().clone())
@@ -897,6 +923,7 @@ impl Handler<Register> for ServerBroker {
                 replay_credit: 0,
                 replay_fresh: false,
                 probing: false,
+                max_frame_length: register.max_frame_length,
             },
         );
     }
