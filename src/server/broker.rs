@@ -54,8 +54,10 @@ use actix::{
 };
 use bytes::{Buf, Bytes};
 use rustc_hash::{FxHashMap, FxHashSet};
+use tokio::time::Instant;
 
 use super::fences::Fences;
+use super::topics::{Reclaimed, Topic};
 
 use crate::connection::{Evict, QueueTicket};
 use crate::protocol::frame::{
@@ -132,6 +134,9 @@ pub struct ServerStats {
     pub slow_disconnects: u64,
     /// Messages replayed to subscribers catching up.
     pub replayed: u64,
+    /// Topics forgotten after `topic_idle_timeout` with no subscriber and no
+    /// publish.
+    pub topics_reclaimed: u64,
     /// Subscriptions catching up now: their replay is sent as their connection's
     /// queue and write buffer make room, and new messages of the topic follow it.
     pub catching_up: usize,
@@ -168,6 +173,7 @@ pub struct ServerConfig {
     pub(crate) handler_timeout: Duration,
     pub(crate) producer_fences: usize,
     pub(crate) mailbox: usize,
+    pub(crate) topic_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -181,6 +187,7 @@ impl Default for ServerConfig {
             handler_timeout: Duration::from_secs(30),
             producer_fences: 65_536,
             mailbox: 16_384,
+            topic_idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -251,6 +258,18 @@ impl ServerConfig {
         self
     }
 
+    /// How long a topic with no subscriber and no publish is kept, with its retained
+    /// messages; then it is forgotten, so that topics nobody uses do not hold
+    /// `max_topics` for ever. Its last sequence number is remembered (for as many
+    /// topics as `max_topics`), so a subscriber that comes back is told exactly how
+    /// many messages it missed, and the topic numbers on from there if it is used
+    /// again. Defaults to 10 minutes.
+    #[must_use]
+    pub fn topic_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.topic_idle_timeout = timeout;
+        self
+    }
+
     /// Checks the limits.
     pub fn validate(self) -> Result<Self, ConfigError> {
         for (name, value) in [
@@ -295,6 +314,8 @@ mod file {
         handler_timeout: Duration,
         producer_fences: usize,
         mailbox: usize,
+        #[serde(with = "humantime_serde")]
+        topic_idle_timeout: Duration,
     }
 
     impl Default for ServerConfigFile {
@@ -314,6 +335,7 @@ mod file {
                 handler_timeout: c.handler_timeout,
                 producer_fences: c.producer_fences,
                 mailbox: c.mailbox,
+                topic_idle_timeout: c.topic_idle_timeout,
             }
         }
     }
@@ -331,6 +353,7 @@ mod file {
                 handler_timeout: f.handler_timeout,
                 producer_fences: f.producer_fences,
                 mailbox: f.mailbox,
+                topic_idle_timeout: f.topic_idle_timeout,
             }
             .validate()
         }
@@ -387,25 +410,6 @@ struct Peer {
     max_frame_length: usize,
 }
 
-#[derive(Default)]
-struct Topic {
-    subscribers: Vec<ConnectionId>,
-    /// Subscribers catching up, with the number of the next message each gets from
-    /// `retained`. A live publish skips them: their replay reaches it in turn, so it
-    /// never overtakes what they missed.
-    cursors: FxHashMap<ConnectionId, u64>,
-    /// The sequence number of the last message published.
-    head: u64,
-    retained: VecDeque<(u64, Bytes)>,
-}
-
-impl Topic {
-    /// The number of the oldest message retained (one past `head` if none is).
-    fn oldest(&self) -> u64 {
-        self.retained.front().map_or(self.head + 1, |(seq, _)| *seq)
-    }
-}
-
 /// The server side's router: routes each connection's `Request` frames to handler
 /// actors by route, fans `Publish`es out to the topic's subscribers with per-topic
 /// sequence numbers, keeps a replay window per topic for subscribers catching up,
@@ -423,9 +427,9 @@ pub struct ServerBroker {
     routes: FxHashMap<Bytes, Recipient<ServerRequest>>,
     fallback: Option<Recipient<ServerRequest>>,
     fences: Fences,
-    /// This broker's life: random, so a client can tell a restarted server (which
-    /// numbers every topic from 1 again) from the one it knew.
-    incarnation: u64,
+    /// The last numbers of topics reclaimed lately, so that one created again goes on
+    /// from them.
+    reclaimed: Reclaimed,
     stats: ServerStats,
 }
 
@@ -451,7 +455,7 @@ impl ServerBroker {
         let config = config.validate()?;
         Ok(Self {
             fences: Fences::new(config.producer_fences),
-            incarnation: fastrand::u64(1..),
+            reclaimed: Reclaimed::new(config.max_topics),
             config,
             peers: FxHashMap::default(),
             topics: FxHashMap::default(),
@@ -510,12 +514,37 @@ impl ServerBroker {
         self.answer(connection, Frame::error(id, message));
     }
 
-    /// The topic, created if there is room.
+    /// The topic, created if there is room: numbered on from where it was if it was
+    /// reclaimed lately, or a new life of it.
     fn topic(&mut self, name: &Bytes) -> Option<&mut Topic> {
         if !self.topics.contains_key(name) && self.topics.len() >= self.config.max_topics {
             return None;
         }
-        Some(self.topics.entry(name.clone()).or_default())
+        let reclaimed = &mut self.reclaimed;
+        Some(
+            self.topics
+                .entry(name.clone())
+                .or_insert_with(|| Topic::new(reclaimed.take(name))),
+        )
+    }
+
+    /// Forgets every topic that has had no subscriber and no publish for
+    /// `topic_idle_timeout`, remembering its last number and life.
+    fn reclaim(&mut self) {
+        let now = Instant::now();
+        let timeout = self.config.topic_idle_timeout;
+        let idle: Vec<Bytes> = self
+            .topics
+            .iter()
+            .filter(|(_, topic)| topic.is_idle(now, timeout))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in idle {
+            if let Some(topic) = self.topics.remove(&name) {
+                self.reclaimed.remember(name, &topic);
+                self.stats.topics_reclaimed = self.stats.topics_reclaimed.saturating_add(1);
+            }
+        }
     }
 
     /// Publishes `payload` on `topic` to every subscriber; the message's sequence
@@ -523,6 +552,7 @@ impl ServerBroker {
     fn publish(&mut self, topic: &Bytes, payload: Bytes) -> Option<u64> {
         let window = self.config.replay_window;
         let entry = self.topic(topic)?;
+        entry.touch();
         entry.head += 1;
         let seq = entry.head;
         if window > 0 {
@@ -590,24 +620,21 @@ impl ServerBroker {
         let payload = &frame.payload[..];
         let number =
             |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().expect("8 bytes"));
-        // Numbers from another life of this server (it restarted since the client
-        // saw them) say nothing here: catch up on everything retained.
-        let after = match payload.len() {
+        // The last number the client saw, and the topic's life it came from (0: this
+        // one).
+        let resume = match payload.len() {
             // A first subscribe: only what comes next.
             0 => None,
-            8 => Some(number(0)),
-            16 => {
-                let (after, incarnation) = (number(0), number(8));
-                let same_life = incarnation == 0 || incarnation == self.incarnation;
-                Some(if same_life { after } else { 0 })
-            }
+            8 => Some((number(0), 0)),
+            16 => Some((number(0), number(8))),
             _ => return self.refuse(connection, frame.id, "subscribe: bad sequence number"),
         };
-        self.join_topic(connection, frame.id, name, after, ctx);
+        self.join_topic(connection, frame.id, name, resume, ctx);
     }
 
     /// Subscribes `connection` to `name`, answers request `id`, and starts replaying
-    /// what it missed since `after` (if given; `Some(0)` is everything retained).
+    /// what it missed since `resume` (the last number it saw and the topic's life
+    /// that number came from), if given.
     ///
     /// The answer comes first and names the number the pushes that follow continue
     /// from (`after`, or the head for a first subscribe), so the client takes the
@@ -617,7 +644,7 @@ impl ServerBroker {
         connection: ConnectionId,
         id: u64,
         name: Bytes,
-        after: Option<u64>,
+        resume: Option<(u64, u64)>,
         ctx: &mut Context<Self>,
     ) {
         if !self.peers.contains_key(&connection) {
@@ -626,9 +653,20 @@ impl ServerBroker {
         let Some(topic) = self.topic(&name) else {
             return self.refuse(connection, id, "too many topics");
         };
+        topic.touch();
         if !topic.subscribers.contains(&connection) {
             topic.subscribers.push(connection);
         }
+        // Numbers from another life of the topic (the server restarted, or the topic
+        // was reclaimed and its number forgotten, since the client saw them) say
+        // nothing here: catch up on everything retained.
+        let after = resume.map(|(after, incarnation)| {
+            if incarnation == 0 || incarnation == topic.incarnation {
+                after
+            } else {
+                0
+            }
+        });
         // Catch up from `after`, if it is a number this topic has given out (one
         // ahead of `head` gets only what comes next).
         let from = after.map_or(topic.head, |after| after.min(topic.head));
@@ -639,6 +677,7 @@ impl ServerBroker {
             0
         };
         let catching_up = from < topic.head && !topic.retained.is_empty();
+        let incarnation = topic.incarnation;
         if catching_up {
             topic.cursors.insert(connection, (from + 1).max(oldest));
         } else {
@@ -653,7 +692,7 @@ impl ServerBroker {
         let mut answer = Vec::with_capacity(24);
         answer.extend_from_slice(&missed.to_be_bytes());
         answer.extend_from_slice(&from.to_be_bytes());
-        answer.extend_from_slice(&self.incarnation.to_be_bytes());
+        answer.extend_from_slice(&incarnation.to_be_bytes());
         self.answer(connection, Frame::response(id, answer));
         if catching_up {
             self.pump(connection, ctx);
@@ -799,8 +838,7 @@ impl ServerBroker {
             peer.catching_up.retain(|topic| *topic != name);
         }
         if let Some(topic) = self.topics.get_mut(&name) {
-            topic.subscribers.retain(|id| *id != connection);
-            topic.cursors.remove(&connection);
+            topic.leave(connection);
         }
         self.answer(connection, Frame::response(frame.id, Bytes::new()));
     }
@@ -878,8 +916,7 @@ impl ServerBroker {
         };
         for name in peer.topics {
             if let Some(topic) = self.topics.get_mut(&name) {
-                topic.subscribers.retain(|id| *id != connection);
-                topic.cursors.remove(&connection);
+                topic.leave(connection);
             }
         }
     }
@@ -900,6 +937,11 @@ impl Actor for ServerBroker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.config.mailbox);
+        // Often enough that a topic is reclaimed within a quarter of its idle
+        // timeout after it, and no more than once a second.
+        let sweep = (self.config.topic_idle_timeout / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        ctx.run_interval(sweep, |this, _| this.reclaim());
     }
 }
 
