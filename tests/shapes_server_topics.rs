@@ -188,3 +188,81 @@ async fn empty_topics_are_reclaimed_and_a_returning_subscriber_is_told_what_it_m
     let push = back.push().await;
     assert_eq!((push.id, &push.payload[..]), (4, &b"four"[..]));
 }
+
+/// With `topic_idle_timeout`: a topic with a subscriber, or one published on more
+/// often than the timeout, is kept however long; an idle one goes within the
+/// timeout and a sweep. A topic remembered no more (more were reclaimed since than
+/// the table holds) comes back as a new life: another incarnation, numbered from 1,
+/// so a returning subscriber restarts its numbering instead of taking new messages
+/// for ones it saw.
+#[actix::test]
+async fn only_idle_topics_go_and_a_forgotten_one_starts_a_new_life() {
+    tokio::time::pause();
+    let idle = Duration::from_secs(30);
+    let server = Server::start(
+        ServerConfig::default()
+            .max_topics(4)
+            .topic_idle_timeout(idle),
+    );
+
+    let mut watcher = server.connect();
+    let kept = watcher.subscribe("kept", None).await.unwrap();
+    let mut publisher = server.connect();
+    for n in 1..=3 {
+        assert_eq!(publisher.publish("busy", b"x").await, n);
+    }
+    let old = publisher.subscribe("old", None).await.unwrap();
+    assert_eq!(publisher.publish("old", b"x").await, 1);
+    publisher
+        .ask(FrameKind::Unsubscribe, "old", Bytes::new())
+        .await;
+    // Ten minutes in steps shorter than the timeout: "busy" is published on at every
+    // step, "kept" has a subscriber (which answers the server's heartbeat pings),
+    // "old" is left alone.
+    for _ in 0..40 {
+        tokio::time::sleep(idle / 2).await;
+        publisher.publish("busy", b"x").await;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(
+            Duration::from_millis(1),
+            futures::StreamExt::next(watcher.peer.framed()),
+        )
+        .await
+        {
+            if frame.kind == FrameKind::Ping {
+                futures::SinkExt::send(watcher.peer.framed(), Frame::pong(frame.id))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let stats = server.broker.send(GetServerStats).await.unwrap();
+    assert_eq!(stats.topics, 2, "kept and busy stay, old goes: {stats:?}");
+    assert_eq!(stats.topics_reclaimed, 1, "{stats:?}");
+
+    // Then nothing for a while, twice: "busy", "a" and "b", then "c" and "d" are
+    // reclaimed after "old", each with a number to remember; with room for four (two
+    // generations of two), the table forgets "old".
+    for names in [["a", "b"], ["c", "d"]] {
+        // A new connection each time: the server's heartbeat closed the last one,
+        // which answered no ping while nothing happened.
+        let mut publisher = server.connect();
+        for name in names {
+            publisher.publish(name, b"x").await;
+        }
+        tokio::time::sleep(idle * 3).await;
+    }
+    let mut back = server.connect();
+    let joined = back
+        .subscribe("old", Some((1, old.incarnation)))
+        .await
+        .unwrap();
+    assert_ne!(
+        joined.incarnation, old.incarnation,
+        "a new life: {joined:?}"
+    );
+    assert_eq!((joined.missed, joined.head), (0, 0), "{joined:?}");
+    let mut publisher = server.connect();
+    assert_eq!(publisher.publish("old", b"new").await, 1);
+    assert_eq!(back.push().await.id, 1);
+    assert_ne!(kept.incarnation, 0);
+}

@@ -43,7 +43,8 @@ pub struct Fence {
 pub struct Resume {
     /// The last sequence number this broker saw in the topic (0 for none).
     pub after: u64,
-    /// The server incarnation `after` belongs to (0 for none).
+    /// The incarnation (life of the topic on the server) `after` belongs to (0 for
+    /// none).
     pub incarnation: u64,
 }
 
@@ -58,7 +59,8 @@ pub struct Joined {
     /// incarnation) when the server replays from there. Everything up to it has been
     /// seen or counted in `missed`.
     pub head: u64,
-    /// The server's incarnation (0 from a server that does not say).
+    /// The topic's incarnation on the server: a new one after a restart, or after
+    /// the topic was reclaimed and forgotten (0 from a server that does not say).
     pub incarnation: u64,
 }
 

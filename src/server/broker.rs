@@ -21,13 +21,18 @@
 //! what it missed, in order, then what comes next. The subscribe's answer comes
 //! first and is three big-endian `u64`s: how many messages were too old to replay,
 //! the number the pushes that follow continue from (the resume point, or the topic's
-//! last number for a first subscribe), and the broker's incarnation (random per
-//! start). A client subscribing again sends the incarnation its numbers came from: a
-//! restarted server, which numbers every topic from 1 again, then replays all it
-//! retained.
+//! last number for a first subscribe), and the topic's incarnation (random per life
+//! of the topic). A client subscribing again sends the incarnation its numbers came
+//! from: a topic in another life (the server restarted, or the topic was reclaimed
+//! and its number forgotten), numbered from 1 again, then replays all it retained.
 //!
-//! The replay is a cursor into the window, paced to the peer's bounds: frames go out only while the peer's queue holds fewer
-//! than half of `subscriber_queue` and its write buffer, looked at with
+//! A topic with no subscriber and no publish for `topic_idle_timeout` is reclaimed;
+//! its last number is remembered, so that a subscriber coming back is told exactly
+//! what it missed (see the `topics` module).
+//!
+//! The replay is a cursor into the window, paced to the peer's bounds: frames go out
+//! only while the peer's queue holds fewer than half of `subscriber_queue` and its
+//! write buffer, looked at with
 //! [`GetStats`], is under half of its `max_write_buffer`; otherwise the broker looks
 //! again every 10 ms. New messages of the topic reach a subscriber catching
 //! up through the same cursor, so they never overtake its replay; if they push what it
