@@ -199,7 +199,9 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Frames that may wait on their way to one connection (pushes and answers),
-    /// beyond its write buffer. Defaults to 4,096.
+    /// beyond its write buffer. A subscriber catching up is sent its replay as room
+    /// frees, using at most half of this (and half of the connection's write
+    /// buffer) at a time, so a replay of any length fits. Defaults to 4,096.
     #[must_use]
     pub fn subscriber_queue(mut self, messages: usize) -> Self {
         self.subscriber_queue = messages;
