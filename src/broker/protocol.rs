@@ -43,7 +43,8 @@ pub struct Fence {
 pub struct Resume {
     /// The last sequence number this broker saw in the topic (0 for none).
     pub after: u64,
-    /// The server incarnation `after` belongs to (0 for none).
+    /// The incarnation (life of the topic on the server) `after` belongs to (0 for
+    /// none).
     pub incarnation: u64,
 }
 
@@ -53,9 +54,13 @@ pub struct Resume {
 pub struct Joined {
     /// Messages after [`Resume::after`] the server could no longer replay.
     pub missed: u64,
-    /// The topic's last sequence number.
+    /// The number the pushes that follow the answer continue from: the topic's last
+    /// sequence number for a first subscribe, [`Resume::after`] (or 0, in another
+    /// incarnation) when the server replays from there. Everything up to it has been
+    /// seen or counted in `missed`.
     pub head: u64,
-    /// The server's incarnation (0 from a server that does not say).
+    /// The topic's incarnation on the server: a new one after a restart, or after
+    /// the topic was reclaimed and forgotten (0 from a server that does not say).
     pub incarnation: u64,
 }
 

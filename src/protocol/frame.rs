@@ -30,7 +30,7 @@ use super::{Correlation, Inbound, Protocol, RemoteError};
 use crate::CloseReason;
 
 /// Bytes in the length prefix.
-const LENGTH_PREFIX: usize = 4;
+pub(crate) const LENGTH_PREFIX: usize = 4;
 /// Bytes in the fixed header after the length prefix: kind, flags, id.
 const FIXED_HEADER: usize = 1 + 1 + 8;
 /// Bytes in the topic length field, present when [`FLAG_TOPIC`] is set.

@@ -18,11 +18,25 @@
 //! carried in the id of the push frame each subscriber receives and in the publish's
 //! confirmation. Each topic keeps its last `replay_window` messages: a client that
 //! lost its connection subscribes again with the last number it saw and first gets
-//! what it missed, in order, then what comes next. The subscribe's answer is three
-//! big-endian `u64`s: how many messages were too old to replay, the topic's last
-//! sequence number, and the broker's incarnation (random per start). A client
-//! subscribing again sends the incarnation its numbers came from: a restarted
-//! server, which numbers every topic from 1 again, then replays all it retained.
+//! what it missed, in order, then what comes next. The subscribe's answer comes
+//! first and is three big-endian `u64`s: how many messages were too old to replay,
+//! the number the pushes that follow continue from (the resume point, or the topic's
+//! last number for a first subscribe), and the topic's incarnation (random per life
+//! of the topic). A client subscribing again sends the incarnation its numbers came
+//! from: a topic in another life (the server restarted, or the topic was reclaimed
+//! and its number forgotten), numbered from 1 again, then replays all it retained.
+//!
+//! A topic with no subscriber and no publish for `topic_idle_timeout` is reclaimed;
+//! its last number is remembered, so that a subscriber coming back is told exactly
+//! what it missed (see the `topics` module).
+//!
+//! The replay is a cursor into the window, paced to the peer's bounds: frames go out
+//! only while the peer's queue holds fewer than half of `subscriber_queue` and its
+//! write buffer, looked at with
+//! [`GetStats`], is under half of its `max_write_buffer`; otherwise the broker looks
+//! again every 10 ms. New messages of the topic reach a subscriber catching
+//! up through the same cursor, so they never overtake its replay; if they push what it
+//! has still to get out of the window, the `slow_subscriber` policy applies.
 //!
 //! # Slow subscribers
 //! Each connection has a bounded queue of frames on their way to it
@@ -45,12 +59,17 @@ use actix::{
 };
 use bytes::{Buf, Bytes};
 use rustc_hash::{FxHashMap, FxHashSet};
+use tokio::time::Instant;
 
 use super::fences::Fences;
+use super::topics::{Reclaimed, Topic};
 
 use crate::connection::{Evict, QueueTicket};
-use crate::protocol::frame::{Frame, FrameKind, FrameProtocol, PUBLISH_FENCE_LENGTH};
+use crate::protocol::frame::{
+    Frame, FrameKind, FrameProtocol, LENGTH_PREFIX, PUBLISH_FENCE_LENGTH,
+};
 use crate::protocol::RemoteError;
+use crate::GetStats;
 use crate::{CloseReason, ConfigError, ConnectionEvent, ConnectionId, Deliver, Incoming, Overflow};
 
 /// A request a handler answers: what a client sent with
@@ -120,6 +139,12 @@ pub struct ServerStats {
     pub slow_disconnects: u64,
     /// Messages replayed to subscribers catching up.
     pub replayed: u64,
+    /// Topics forgotten after `topic_idle_timeout` with no subscriber and no
+    /// publish.
+    pub topics_reclaimed: u64,
+    /// Subscriptions catching up now: their replay is sent as their connection's
+    /// queue and write buffer make room, and new messages of the topic follow it.
+    pub catching_up: usize,
     /// Requests handed to handlers.
     pub requests: u64,
     /// Requests answered with an error (no handler, handler failed or gone, too many
@@ -153,6 +178,7 @@ pub struct ServerConfig {
     pub(crate) handler_timeout: Duration,
     pub(crate) producer_fences: usize,
     pub(crate) mailbox: usize,
+    pub(crate) topic_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -166,13 +192,16 @@ impl Default for ServerConfig {
             handler_timeout: Duration::from_secs(30),
             producer_fences: 65_536,
             mailbox: 16_384,
+            topic_idle_timeout: Duration::from_secs(600),
         }
     }
 }
 
 impl ServerConfig {
     /// Frames that may wait on their way to one connection (pushes and answers),
-    /// beyond its write buffer. Defaults to 4,096.
+    /// beyond its write buffer. A subscriber catching up is sent its replay as room
+    /// frees, using at most half of this (and half of the connection's write
+    /// buffer) at a time, so a replay of any length fits. Defaults to 4,096.
     #[must_use]
     pub fn subscriber_queue(mut self, messages: usize) -> Self {
         self.subscriber_queue = messages;
@@ -237,6 +266,18 @@ impl ServerConfig {
         self
     }
 
+    /// How long a topic with no subscriber and no publish is kept, with its retained
+    /// messages; then it is forgotten, so that topics nobody uses do not hold
+    /// `max_topics` for ever. Its last sequence number is remembered (for as many
+    /// topics as `max_topics`), so a subscriber that comes back is told exactly how
+    /// many messages it missed, and the topic numbers on from there if it is used
+    /// again. Defaults to 10 minutes.
+    #[must_use]
+    pub fn topic_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.topic_idle_timeout = timeout;
+        self
+    }
+
     /// Checks the limits.
     pub fn validate(self) -> Result<Self, ConfigError> {
         for (name, value) in [
@@ -291,6 +332,8 @@ mod file {
         handler_timeout: Duration,
         producer_fences: usize,
         mailbox: usize,
+        #[serde(with = "humantime_serde")]
+        topic_idle_timeout: Duration,
     }
 
     impl Default for ServerConfigFile {
@@ -310,6 +353,7 @@ mod file {
                 handler_timeout: c.handler_timeout,
                 producer_fences: c.producer_fences,
                 mailbox: c.mailbox,
+                topic_idle_timeout: c.topic_idle_timeout,
             }
         }
     }
@@ -327,6 +371,7 @@ mod file {
                 handler_timeout: f.handler_timeout,
                 producer_fences: f.producer_fences,
                 mailbox: f.mailbox,
+                topic_idle_timeout: f.topic_idle_timeout,
             }
             .validate()
         }
@@ -340,12 +385,26 @@ pub(crate) struct Register {
     pub(crate) connection: ConnectionId,
     pub(crate) deliver: Recipient<Deliver<FrameProtocol>>,
     pub(crate) evict: Recipient<Evict>,
+    /// How the broker looks at the connection's write buffer while it replays.
+    pub(crate) stats: Recipient<GetStats>,
+    /// The connection's `max_write_buffer`.
+    pub(crate) max_write_buffer: usize,
+    /// The connection's codec's `max_frame_length`: an answer longer is refused.
+    pub(crate) max_frame_length: usize,
 }
+
+/// How long a replay waits before it looks again at a peer that had no room.
+const REPLAY_TICK: Duration = Duration::from_millis(10);
+
+/// The bound on a look at a peer's write buffer; past it, the replay looks again
+/// after a tick.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One registered connection.
 struct Peer {
     deliver: Recipient<Deliver<FrameProtocol>>,
     evict: Recipient<Evict>,
+    stats: Recipient<GetStats>,
     /// Frames sent to it and not yet handled by it.
     queued: Arc<AtomicUsize>,
     topics: FxHashSet<Bytes>,
@@ -353,14 +412,20 @@ struct Peer {
     requests: usize,
     /// Set once the peer was disconnected for being slow: nothing more is sent.
     evicted: bool,
-}
-
-#[derive(Default)]
-struct Topic {
-    subscribers: Vec<ConnectionId>,
-    /// The sequence number of the last message published.
-    head: u64,
-    retained: VecDeque<(u64, Bytes)>,
+    /// Topics it is catching up on (each has a cursor for it), served in turn.
+    catching_up: VecDeque<Bytes>,
+    /// The share of its write buffer a replay may fill: half of it, so that live
+    /// messages of other topics and answers still fit.
+    replay_budget: usize,
+    /// Replay bytes it may still be sent before its write buffer is looked at again.
+    replay_credit: usize,
+    /// Whether its write buffer was empty at the last look: then one message larger
+    /// than the budget may go.
+    replay_fresh: bool,
+    /// Whether a look at its write buffer is under way.
+    probing: bool,
+    /// The largest frame its codec encodes (after the length prefix).
+    max_frame_length: usize,
 }
 
 /// The server side's router: routes each connection's `Request` frames to handler
@@ -380,9 +445,9 @@ pub struct ServerBroker {
     routes: FxHashMap<Bytes, Recipient<ServerRequest>>,
     fallback: Option<Recipient<ServerRequest>>,
     fences: Fences,
-    /// This broker's life: random, so a client can tell a restarted server (which
-    /// numbers every topic from 1 again) from the one it knew.
-    incarnation: u64,
+    /// The last numbers of topics reclaimed lately, so that one created again goes on
+    /// from them.
+    reclaimed: Reclaimed,
     stats: ServerStats,
 }
 
@@ -408,7 +473,7 @@ impl ServerBroker {
         let config = config.validate()?;
         Ok(Self {
             fences: Fences::new(config.producer_fences),
-            incarnation: fastrand::u64(1..),
+            reclaimed: Reclaimed::new(config.max_topics),
             config,
             peers: FxHashMap::default(),
             topics: FxHashMap::default(),
@@ -450,14 +515,7 @@ impl ServerBroker {
         match overflow {
             Overflow::Drop => Sent::Dropped,
             Overflow::Close => {
-                peer.evicted = true;
-                tracing::info!(%connection, queued = full, limit, "slow peer disconnected");
-                // `do_send` passes the full mailbox; the eviction must get through.
-                peer.evict.do_send(Evict(CloseReason::SlowConsumer {
-                    queued: full,
-                    limit,
-                }));
-                self.stats.slow_disconnects += 1;
+                self.evict(connection, full);
                 Sent::Evicted
             }
         }
@@ -474,12 +532,37 @@ impl ServerBroker {
         self.answer(connection, Frame::error(id, message));
     }
 
-    /// The topic, created if there is room.
+    /// The topic, created if there is room: numbered on from where it was if it was
+    /// reclaimed lately, or a new life of it.
     fn topic(&mut self, name: &Bytes) -> Option<&mut Topic> {
         if !self.topics.contains_key(name) && self.topics.len() >= self.config.max_topics {
             return None;
         }
-        Some(self.topics.entry(name.clone()).or_default())
+        let reclaimed = &mut self.reclaimed;
+        Some(
+            self.topics
+                .entry(name.clone())
+                .or_insert_with(|| Topic::new(reclaimed.take(name))),
+        )
+    }
+
+    /// Forgets every topic that has had no subscriber and no publish for
+    /// `topic_idle_timeout`, remembering its last number and life.
+    fn reclaim(&mut self) {
+        let now = Instant::now();
+        let timeout = self.config.topic_idle_timeout;
+        let idle: Vec<Bytes> = self
+            .topics
+            .iter()
+            .filter(|(_, topic)| topic.is_idle(now, timeout))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in idle {
+            if let Some(topic) = self.topics.remove(&name) {
+                self.reclaimed.remember(name, &topic);
+                self.stats.topics_reclaimed = self.stats.topics_reclaimed.saturating_add(1);
+            }
+        }
     }
 
     /// Publishes `payload` on `topic` to every subscriber; the message's sequence
@@ -487,6 +570,7 @@ impl ServerBroker {
     fn publish(&mut self, topic: &Bytes, payload: Bytes) -> Option<u64> {
         let window = self.config.replay_window;
         let entry = self.topic(topic)?;
+        entry.touch();
         entry.head += 1;
         let seq = entry.head;
         if window > 0 {
@@ -495,7 +579,13 @@ impl ServerBroker {
             }
             entry.retained.push_back((seq, payload.clone()));
         }
-        let subscribers = entry.subscribers.clone();
+        // Those catching up get it through their replay, after what they missed.
+        let subscribers: Vec<ConnectionId> = entry
+            .subscribers
+            .iter()
+            .filter(|id| !entry.cursors.contains_key(id))
+            .copied()
+            .collect();
         self.stats.published += 1;
         let overflow = self.config.slow_subscriber;
         for subscriber in subscribers {
@@ -541,83 +631,220 @@ impl ServerBroker {
         self.on_publish(connection, frame);
     }
 
-    fn on_subscribe(&mut self, connection: ConnectionId, frame: Frame) {
+    fn on_subscribe(&mut self, connection: ConnectionId, frame: Frame, ctx: &mut Context<Self>) {
         let Some(name) = frame.topic else {
             return self.refuse(connection, frame.id, "subscribe without a topic");
         };
         let payload = &frame.payload[..];
         let number =
             |at: usize| u64::from_be_bytes(payload[at..at + 8].try_into().expect("8 bytes"));
-        // Numbers from another life of this server (it restarted since the client
-        // saw them) say nothing here: catch up on everything retained.
-        let after = match payload.len() {
+        // The last number the client saw, and the topic's life it came from (0: this
+        // one).
+        let resume = match payload.len() {
             // A first subscribe: only what comes next.
             0 => None,
-            8 => Some(number(0)),
-            16 => {
-                let (after, incarnation) = (number(0), number(8));
-                let same_life = incarnation == 0 || incarnation == self.incarnation;
-                Some(if same_life { after } else { 0 })
-            }
+            8 => Some((number(0), 0)),
+            16 => Some((number(0), number(8))),
             _ => return self.refuse(connection, frame.id, "subscribe: bad sequence number"),
         };
-        self.join_topic(connection, frame.id, name, after);
+        self.join_topic(connection, frame.id, name, resume, ctx);
     }
 
-    /// Subscribes `connection` to `name`, replays what it missed since `after` (if
-    /// given; `Some(0)` is everything retained), and answers request `id`.
-    fn join_topic(&mut self, connection: ConnectionId, id: u64, name: Bytes, after: Option<u64>) {
+    /// Subscribes `connection` to `name`, answers request `id`, and starts replaying
+    /// what it missed since `resume` (the last number it saw and the topic's life
+    /// that number came from), if given.
+    ///
+    /// The answer comes first and names the number the pushes that follow continue
+    /// from (`after`, or the head for a first subscribe), so the client takes the
+    /// replay as new messages. The replay itself is paced by `pump`.
+    fn join_topic(
+        &mut self,
+        connection: ConnectionId,
+        id: u64,
+        name: Bytes,
+        resume: Option<(u64, u64)>,
+        ctx: &mut Context<Self>,
+    ) {
         if !self.peers.contains_key(&connection) {
             return;
         }
         let Some(topic) = self.topic(&name) else {
             return self.refuse(connection, id, "too many topics");
         };
+        topic.touch();
         if !topic.subscribers.contains(&connection) {
             topic.subscribers.push(connection);
         }
+        // Numbers from another life of the topic (the server restarted, or the topic
+        // was reclaimed and its number forgotten, since the client saw them) say
+        // nothing here: catch up on everything retained.
+        let after = resume.map(|(after, incarnation)| {
+            if incarnation == 0 || incarnation == topic.incarnation {
+                after
+            } else {
+                0
+            }
+        });
         // Catch up from `after`, if it is a number this topic has given out (one
         // ahead of `head` gets only what comes next).
-        let (replay, missed) = match after {
-            Some(after) if after < topic.head => {
-                let oldest = topic
-                    .retained
-                    .front()
-                    .map_or(topic.head + 1, |(seq, _)| *seq);
-                let missed = oldest.saturating_sub(after + 1);
-                let replay: Vec<(u64, Bytes)> = topic
-                    .retained
-                    .iter()
-                    .filter(|(seq, _)| *seq > after)
-                    .cloned()
-                    .collect();
-                (replay, missed)
-            }
-            _ => (Vec::new(), 0),
+        let from = after.map_or(topic.head, |after| after.min(topic.head));
+        let oldest = topic.oldest();
+        let missed = if from < topic.head {
+            oldest.saturating_sub(from + 1)
+        } else {
+            0
         };
+        let catching_up = from < topic.head && !topic.retained.is_empty();
+        let incarnation = topic.incarnation;
+        if catching_up {
+            topic.cursors.insert(connection, (from + 1).max(oldest));
+        } else {
+            topic.cursors.remove(&connection);
+        }
         if let Some(peer) = self.peers.get_mut(&connection) {
             peer.topics.insert(name.clone());
+            if catching_up && !peer.catching_up.contains(&name) {
+                peer.catching_up.push_back(name);
+            }
         }
+        let mut answer = Vec::with_capacity(24);
+        answer.extend_from_slice(&missed.to_be_bytes());
+        answer.extend_from_slice(&from.to_be_bytes());
+        answer.extend_from_slice(&incarnation.to_be_bytes());
+        self.answer(connection, Frame::response(id, answer));
+        if catching_up {
+            self.pump(connection, ctx);
+        }
+    }
+
+    /// Sends `connection` the next messages of its replays while its queue and its
+    /// write buffer have room; when they have none, looks at its write buffer again
+    /// (a [`GetStats`] behind the frames already sent, so its answer also means the
+    /// connection has taken them) and goes on from there, or after a tick.
+    fn pump(&mut self, connection: ConnectionId, ctx: &mut Context<Self>) {
+        let replay_frames = (self.config.subscriber_queue / 2).max(1);
         let overflow = self.config.slow_subscriber;
-        for (seq, payload) in replay {
+        loop {
+            let Some(peer) = self.peers.get_mut(&connection) else {
+                return;
+            };
+            if peer.evicted || peer.probing {
+                return;
+            }
+            let Some(name) = peer.catching_up.front().cloned() else {
+                return;
+            };
+            let Some(topic) = self.topics.get_mut(&name) else {
+                peer.catching_up.pop_front();
+                continue;
+            };
+            let Some(&cursor) = topic.cursors.get(&connection) else {
+                peer.catching_up.pop_front();
+                continue;
+            };
+            let oldest = topic.oldest();
+            if cursor > topic.head {
+                // Caught up: live from here.
+                topic.cursors.remove(&connection);
+                peer.catching_up.pop_front();
+                continue;
+            }
+            if cursor < oldest {
+                // Published faster than it takes them: what it was still to get fell
+                // out of the window.
+                let lost = oldest - cursor;
+                match overflow {
+                    Overflow::Drop => {
+                        self.stats.dropped = self.stats.dropped.saturating_add(lost);
+                        topic.cursors.insert(connection, oldest);
+                        continue;
+                    }
+                    Overflow::Close => {
+                        // It subscribes again from the last message it got, and
+                        // that answer tells it exactly how many it missed.
+                        let queued = peer.queued.load(std::sync::atomic::Ordering::Acquire);
+                        return self.evict(connection, queued);
+                    }
+                }
+            }
+            let index = usize::try_from(cursor - oldest).expect("within the window");
+            let payload = topic.retained[index].1.clone();
             let push = Frame {
                 kind: FrameKind::Push,
-                id: seq,
+                id: cursor,
                 topic: Some(name.clone()),
                 payload,
             };
-            match self.send(connection, push, overflow) {
-                Sent::Queued => self.stats.replayed += 1,
-                Sent::Dropped => self.stats.dropped += 1,
-                Sent::Evicted => return,
-            }
+            let size = push.encoded_len();
+            let fits = size <= peer.replay_credit || (peer.replay_fresh && size > 0);
+            let ticket = if fits {
+                QueueTicket::take(&peer.queued, replay_frames).ok()
+            } else {
+                None
+            };
+            let Some(ticket) = ticket else {
+                return self.probe(connection, ctx);
+            };
+            peer.replay_credit = peer.replay_credit.saturating_sub(size);
+            peer.replay_fresh = false;
+            // `do_send`: the ticket bounds what is queued to this peer, and a
+            // connection that stopped drops the frame, which is then nobody's.
+            peer.deliver.do_send(Deliver {
+                frame: push,
+                overflow,
+                _ticket: Some(ticket),
+            });
+            topic.cursors.insert(connection, cursor + 1);
+            peer.catching_up.rotate_left(1);
+            self.stats.replayed += 1;
         }
-        let head = self.topics.get(&name).map_or(0, |topic| topic.head);
-        let mut answer = Vec::with_capacity(24);
-        answer.extend_from_slice(&missed.to_be_bytes());
-        answer.extend_from_slice(&head.to_be_bytes());
-        answer.extend_from_slice(&self.incarnation.to_be_bytes());
-        self.answer(connection, Frame::response(id, answer));
+    }
+
+    /// Looks at `connection`'s write buffer, then pumps its replays on.
+    fn probe(&mut self, connection: ConnectionId, ctx: &mut Context<Self>) {
+        let Some(peer) = self.peers.get_mut(&connection) else {
+            return;
+        };
+        peer.probing = true;
+        let look = peer.stats.send(GetStats).timeout(PROBE_TIMEOUT);
+        ctx.spawn(look.into_actor(self).map(move |stats, this, ctx| {
+            let Some(peer) = this.peers.get_mut(&connection) else {
+                return;
+            };
+            peer.probing = false;
+            let Ok(stats) = stats else {
+                // Gone (its `Closed` forgets it) or too busy to answer: later.
+                ctx.run_later(REPLAY_TICK, move |this, ctx| this.pump(connection, ctx));
+                return;
+            };
+            let buffered = stats.buffered_write_bytes;
+            peer.replay_credit = peer.replay_budget.saturating_sub(buffered);
+            peer.replay_fresh = buffered == 0;
+            let replay_frames = (this.config.subscriber_queue / 2).max(1);
+            let queued = peer.queued.load(std::sync::atomic::Ordering::Acquire);
+            if peer.replay_credit > 0 && queued < replay_frames {
+                this.pump(connection, ctx);
+            } else {
+                ctx.run_later(REPLAY_TICK, move |this, ctx| this.pump(connection, ctx));
+            }
+        }));
+    }
+
+    /// Disconnects a slow peer.
+    fn evict(&mut self, connection: ConnectionId, queued: usize) {
+        let limit = self.config.subscriber_queue;
+        let Some(peer) = self.peers.get_mut(&connection) else {
+            return;
+        };
+        if peer.evicted {
+            return;
+        }
+        peer.evicted = true;
+        tracing::info!(%connection, queued, limit, "slow peer disconnected");
+        // `do_send` passes the full mailbox; the eviction must get through.
+        peer.evict
+            .do_send(Evict(CloseReason::SlowConsumer { queued, limit }));
+        self.stats.slow_disconnects += 1;
     }
 
     fn on_unsubscribe(&mut self, connection: ConnectionId, frame: Frame) {
@@ -626,9 +853,10 @@ impl ServerBroker {
         };
         if let Some(peer) = self.peers.get_mut(&connection) {
             peer.topics.remove(&name);
+            peer.catching_up.retain(|topic| *topic != name);
         }
         if let Some(topic) = self.topics.get_mut(&name) {
-            topic.subscribers.retain(|id| *id != connection);
+            topic.leave(connection);
         }
         self.answer(connection, Frame::response(frame.id, Bytes::new()));
     }
@@ -658,11 +886,31 @@ impl ServerBroker {
         };
         let answer = handler.send(request).timeout(self.config.handler_timeout);
         ctx.spawn(answer.into_actor(self).map(move |answer, this, _| {
+            let mut max_frame_length = usize::MAX;
             if let Some(peer) = this.peers.get_mut(&connection) {
                 peer.requests -= 1;
+                max_frame_length = peer.max_frame_length;
             }
             let frame = match answer {
-                Ok(Ok(reply)) => Frame::response(id, reply),
+                Ok(Ok(reply)) => {
+                    let frame = Frame::response(id, reply);
+                    // Past the codec's limit the connection could not encode it and
+                    // the caller would wait out its whole timeout: say so at once.
+                    let length = frame.encoded_len() - LENGTH_PREFIX;
+                    if length > max_frame_length {
+                        this.stats.request_errors += 1;
+                        tracing::warn!(%connection, length, max_frame_length, "answer too large for a frame");
+                        let mut message = format!(
+                            "answer too large: {length} bytes, a frame carries at most {max_frame_length}"
+                        );
+                        // Under an absurdly small limit, as much of it as fits.
+                        let room = max_frame_length.saturating_sub(Frame::error(id, "").encoded_len() - LENGTH_PREFIX);
+                        message.truncate(room);
+                        Frame::error(id, message)
+                    } else {
+                        frame
+                    }
+                }
                 Ok(Err(error)) => {
                     this.stats.request_errors += 1;
                     Frame::error(id, error.message().clone())
@@ -686,7 +934,7 @@ impl ServerBroker {
         };
         for name in peer.topics {
             if let Some(topic) = self.topics.get_mut(&name) {
-                topic.subscribers.retain(|id| *id != connection);
+                topic.leave(connection);
             }
         }
     }
@@ -696,6 +944,7 @@ impl ServerBroker {
             connections: self.peers.len(),
             topics: self.topics.len(),
             subscriptions: self.topics.values().map(|t| t.subscribers.len()).sum(),
+            catching_up: self.topics.values().map(|t| t.cursors.len()).sum(),
             ..self.stats.clone()
         }
     }
@@ -706,6 +955,11 @@ impl Actor for ServerBroker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.config.mailbox);
+        // Often enough that a topic is reclaimed within a quarter of its idle
+        // timeout after it, and no more than once a second.
+        let sweep = (self.config.topic_idle_timeout / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        ctx.run_interval(sweep, |this, _| this.reclaim());
     }
 }
 
@@ -719,10 +973,17 @@ impl Handler<Register> for ServerBroker {
             Peer {
                 deliver: register.deliver,
                 evict: register.evict,
+                stats: register.stats,
                 queued: Arc::new(AtomicUsize::new(0)),
                 topics: FxHashSet::default(),
                 requests: 0,
                 evicted: false,
+                catching_up: VecDeque::new(),
+                replay_budget: (register.max_write_buffer / 2).max(1),
+                replay_credit: 0,
+                replay_fresh: false,
+                probing: false,
+                max_frame_length: register.max_frame_length,
             },
         );
     }
@@ -755,7 +1016,7 @@ impl Handler<Incoming<FrameProtocol>> for ServerBroker {
             FrameKind::Request => self.on_request(connection, frame, ctx),
             FrameKind::Publish => self.on_publish(connection, frame),
             FrameKind::PublishOrdered => self.on_publish_ordered(connection, frame),
-            FrameKind::Subscribe => self.on_subscribe(connection, frame),
+            FrameKind::Subscribe => self.on_subscribe(connection, frame, ctx),
             FrameKind::Unsubscribe => self.on_unsubscribe(connection, frame),
             // The connection hands over only frames that expect an answer.
             _ => self.refuse(connection, frame.id, "not a request"),

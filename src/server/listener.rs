@@ -27,6 +27,7 @@ use rustc_hash::FxHashMap;
 
 use super::broker::{Register, ServerBroker};
 use crate::protocol::frame::FrameProtocol;
+use crate::protocol::Protocol;
 use crate::transport::Transport;
 use crate::{Abort, Connection, ConnectionConfig, ConnectionEvent, ConnectionId};
 
@@ -269,6 +270,9 @@ impl<A: Accept> Listener<A> {
             connection: id,
             deliver: addr.clone().recipient(),
             evict: addr.clone().recipient(),
+            stats: addr.clone().recipient(),
+            max_write_buffer: self.connection.max_write_buffer(),
+            max_frame_length: self.protocol.codec().max_frame_length(),
         });
         self.open.insert(id, addr.recipient());
         self.stats.accepted += 1;

@@ -24,6 +24,7 @@ mod fences;
 mod listener;
 #[cfg(feature = "tls")]
 mod tls;
+mod topics;
 
 pub use broker::{
     Broadcast, GetServerStats, Route, ServerBroker, ServerConfig, ServerRequest, ServerStats,
