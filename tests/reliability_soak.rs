@@ -1,5 +1,6 @@
 //! Scenario 13, soak under chaos: a bounded run (in time and in operations) of mixed
-//! calls and publishes while a [`FaultProxy`] between the client and the server
+//! calls and publishes, with bursts of up to 256 requests at once and payloads up to
+//! 1 MiB among them, while a [`FaultProxy`] between the client and the server
 //! injects random faults drawn from a seed. Afterwards:
 //!
 //! - every publish and every request resolved exactly once (`Ok` or a typed error),

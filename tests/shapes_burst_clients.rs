@@ -71,7 +71,11 @@ async fn ten_thousand_broker_requests_at_once_on_a_warm_pool_all_succeed() {
     for result in results {
         match result.expect("the request task ran") {
             Ok(true) => ok += 1,
-            Ok(false) => *errors.entry("a reply for another request".into()).or_default() += 1,
+            Ok(false) => {
+                *errors
+                    .entry("a reply for another request".into())
+                    .or_default() += 1
+            }
             Err(error) => *errors.entry(error.to_string()).or_default() += 1,
         }
     }

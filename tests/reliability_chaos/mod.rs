@@ -273,7 +273,9 @@ pub struct RequestLog {
 }
 
 /// Sends echo requests until the run ends, at `REQUEST_RATE` a second with at most
-/// `REQUEST_WINDOW` in flight, and checks each answer is its own request's payload.
+/// `REQUEST_WINDOW` in flight (one tick in 500 adds a burst of 64 to 256 at once, and
+/// one request in 200 carries 64 KiB to 1 MiB), and checks each answer is its own
+/// request's payload.
 pub async fn request_loop(
     client: Client,
     requester: u32,
@@ -308,13 +310,25 @@ pub async fn request_loop(
                 if !run.may_issue() {
                     continue;
                 }
-                let n = log.resolutions.len() as u32;
-                log.resolutions.push(0);
-                // Up to 4 KiB, so that slicing and bandwidth limits cut frames apart.
-                let payload = payload(REQUEST_TAG + requester, n, rng.usize(0..4096));
-                let request = Request::new("echo", payload.clone()).timeout(REQUEST_TIMEOUT);
-                let client = client.clone();
-                in_flight.push(async move { (n as usize, payload, client.request(request).await) });
+                // Now and then a burst of requests at once (the traffic shape that
+                // once found a warm pool unable to grow), and now and then a big
+                // payload; mostly one request of up to 4 KiB, so that slicing and
+                // bandwidth limits cut frames apart.
+                let count = if rng.usize(0..500) == 0 { rng.usize(64..=256) } else { 1 };
+                for _ in 0..count {
+                    let n = log.resolutions.len() as u32;
+                    log.resolutions.push(0);
+                    let padding = if rng.usize(0..200) == 0 {
+                        rng.usize(64 * 1024..=1024 * 1024)
+                    } else {
+                        rng.usize(0..4096)
+                    };
+                    let payload = payload(REQUEST_TAG + requester, n, padding);
+                    let request = Request::new("echo", payload.clone()).timeout(REQUEST_TIMEOUT);
+                    let client = client.clone();
+                    in_flight
+                        .push(async move { (n as usize, payload, client.request(request).await) });
+                }
             }
             else => return log,
         }
