@@ -114,7 +114,8 @@ impl ConnectionConfigBuilder {
     }
 
     /// The connection closes with `HeartbeatTimeout` when nothing has arrived from the
-    /// peer for this long; it must be longer than the heartbeat interval. Defaults to
+    /// peer for this long (not one byte: a frame arriving slowly keeps it open); it must
+    /// be longer than the heartbeat interval. Defaults to
     /// 30 seconds.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.config.heartbeat_timeout = timeout;

@@ -78,6 +78,7 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             }
         }
         let mut frames = 0;
+        let read_before = act.framed.get_ref().read();
         loop {
             match Pin::new(&mut act.framed).poll_next(task) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -102,7 +103,9 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
                 Poll::Pending => break,
             }
         }
-        if frames > 0 {
+        // Any bytes prove the peer alive, a whole frame or not: a large frame that
+        // arrives slowly must not be taken for silence.
+        if frames > 0 || act.framed.get_ref().read() != read_before {
             act.last_read = Instant::now();
         }
         this.busy = frames > BUSY_FRAMES;

@@ -1,6 +1,7 @@
 //! The Connection actor; its contract is documented on [`Connection`].
 
 mod config;
+mod counted;
 mod driver;
 mod messages;
 mod pending;
@@ -33,6 +34,7 @@ use crate::metrics::ConnectionMetrics;
 use crate::protocol::{Correlation, Inbound, Protocol};
 use crate::transport::Transport;
 use crate::{CallError, CloseReason, Overload};
+use counted::Counted;
 use driver::Driver;
 use pending::{Matched, PendingCalls};
 
@@ -71,7 +73,8 @@ const INITIAL_READ_BUFFER: usize = 512;
 /// [`ConnectionEvent::Closed`].
 ///
 /// # Heartbeat
-/// Any inbound frame proves the peer alive. After `heartbeat_interval` of silence the
+/// Any bytes from the peer prove it alive, a whole frame or only a piece of one (a
+/// large frame arriving slowly is not silence). After `heartbeat_interval` of silence the
 /// connection sends a ping and measures the round trip ([`ConnectionEvent::Rtt`]); after
 /// `heartbeat_timeout` of silence it closes with [`CloseReason::HeartbeatTimeout`],
 /// which is how a half-open link is found. The peer's pings are answered at once.
@@ -85,7 +88,7 @@ pub struct Connection<T: Transport, P: Protocol> {
     peer: Arc<str>,
     protocol: P,
     config: ConnectionConfig,
-    framed: Framed<T, P::Codec>,
+    framed: Framed<Counted<T>, P::Codec>,
     pending: Rc<RefCell<PendingCalls<P::Reply>>>,
     /// Published load and state, for a Pool on another thread.
     gauge: InFlightGauge,
@@ -97,7 +100,7 @@ pub struct Connection<T: Transport, P: Protocol> {
     /// Bytes ever encoded into the write buffer; with the buffer's length this says how
     /// far the transport has taken them, which completes `SendFrame`s.
     encoded_total: u64,
-    /// When the last inbound frame arrived.
+    /// When bytes last arrived from the peer (any bytes, a whole frame or not).
     last_read: Instant,
     /// The outstanding heartbeat ping: its id and when it was sent.
     ping: Option<(u64, Instant)>,
@@ -251,8 +254,11 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             id,
             peer,
             framed: {
-                let mut framed =
-                    Framed::with_capacity(self.io, self.protocol.codec(), INITIAL_READ_BUFFER);
+                let mut framed = Framed::with_capacity(
+                    Counted::new(self.io),
+                    self.protocol.codec(),
+                    INITIAL_READ_BUFFER,
+                );
                 // Written only when there is something to write.
                 *framed.write_buffer_mut() = BytesMut::new();
                 framed
