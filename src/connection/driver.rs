@@ -112,7 +112,8 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
 
         // Nobody holds an address any more, so no call can come: close gracefully
         // rather than keep a socket and its heartbeat alive for no one.
-        if !ctx.connected() {
+        // A close already under way keeps its own deadline.
+        if !ctx.connected() && act.closing.is_none() {
             act.begin_close(act.config.close_timeout);
         }
 

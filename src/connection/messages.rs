@@ -213,6 +213,9 @@ impl<P: Protocol> Message for Incoming<P> {
 /// Closes gracefully: new calls fail with [`CallError::Closing`], calls in flight get
 /// their replies until the timeout, then the connection closes. Resolves with the
 /// reason the connection closed.
+///
+/// A `Close` sent while a close is under way joins it, and the earliest deadline wins:
+/// a shorter timeout brings the end forward, a longer one does not extend it.
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "CloseReason")]
 pub struct Close {

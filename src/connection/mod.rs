@@ -416,16 +416,21 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     }
 
     /// Enters `Closing`: new calls are refused, and the driver closes the connection
-    /// once nothing is in flight, or when `after` runs out.
+    /// once nothing is in flight, or when `after` runs out. Already closing, the
+    /// earliest deadline wins: a second close may shorten the wait, never extend it.
     fn begin_close(&mut self, after: Duration) {
-        if self.closing.is_none() {
-            self.gauge.set_closing();
-            self.emit(ConnectionEvent::Closing { id: self.id });
-            let deadline = later(Instant::now(), after);
-            self.closing = Some((deadline, after));
-            self.timer_deadline = self.timer_deadline.min(deadline);
-            tracing::debug!(parent: &self.span, ?after, "closing");
+        let deadline = later(Instant::now(), after);
+        match self.closing {
+            None => {
+                self.gauge.set_closing();
+                self.emit(ConnectionEvent::Closing { id: self.id });
+                tracing::debug!(parent: &self.span, ?after, "closing");
+            }
+            Some((earlier, _)) if earlier <= deadline => return,
+            Some(_) => tracing::debug!(parent: &self.span, ?after, "closing sooner"),
         }
+        self.closing = Some((deadline, after));
+        self.timer_deadline = self.timer_deadline.min(deadline);
     }
 
     /// Notes how far the transport has taken the write buffer, completing sends.
