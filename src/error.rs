@@ -138,6 +138,16 @@ pub enum CloseReason {
         /// The limit it reached.
         limit: usize,
     },
+    /// The peer took none of the bytes waiting for it for the heartbeat timeout: it
+    /// stopped reading (though it may still be sending, which keeps the heartbeat
+    /// content).
+    #[error("write stalled: {buffered} bytes not taken by the peer for {stalled_for:?}")]
+    WriteStalled {
+        /// How long the write buffer had made no progress.
+        stalled_for: Duration,
+        /// Bytes waiting to be written.
+        buffered: usize,
+    },
     /// The actor stopped for another reason (its system or arbiter shut down, or the
     /// actor's mailbox closed before the call was handled).
     #[error("connection actor stopped")]
@@ -157,6 +167,7 @@ impl CloseReason {
             Self::Decode(_) => "decode",
             Self::Protocol(_) => "protocol",
             Self::SlowConsumer { .. } => "slow_consumer",
+            Self::WriteStalled { .. } => "write_stalled",
             Self::Stopped => "stopped",
         }
     }

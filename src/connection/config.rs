@@ -100,7 +100,8 @@ pub struct ConnectionConfigBuilder {
 }
 
 impl ConnectionConfigBuilder {
-    /// Timeout of a call that does not set its own. Defaults to 30 seconds.
+    /// Timeout of a call (or a [`SendFrame`](crate::SendFrame)) that does not set its
+    /// own. Defaults to 30 seconds.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.config.call_timeout = timeout;
         self
@@ -114,8 +115,9 @@ impl ConnectionConfigBuilder {
     }
 
     /// The connection closes with `HeartbeatTimeout` when nothing has arrived from the
-    /// peer for this long (not one byte: a frame arriving slowly keeps it open); it must
-    /// be longer than the heartbeat interval. Defaults to
+    /// peer for this long (not one byte: a frame arriving slowly keeps it open), and
+    /// with `WriteStalled` when bytes wait for the peer and it takes none of them for
+    /// this long; it must be longer than the heartbeat interval. Defaults to
     /// 30 seconds.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.config.heartbeat_timeout = timeout;

@@ -133,12 +133,22 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
         }
 
         if this.flush_pending || !act.framed.write_buffer().is_empty() {
+            let written_before = act.framed.get_ref().written();
             let flushed = Pin::new(&mut act.framed).poll_flush(task);
             this.flush_pending = flushed.is_pending();
-            act.note_written();
+            let progressed = act.framed.get_ref().written() != written_before;
+            act.note_written(progressed, this.flush_pending);
             if let Poll::Ready(Err(error)) = flushed {
                 act.shutdown(P::close_reason(error), ctx);
                 return Poll::Ready(());
+            }
+            // A stall that just began may need the timer sooner than it is armed.
+            if act.timer_deadline < this.armed {
+                this.armed = act.timer_deadline;
+                this.sleep.as_mut().reset(this.armed);
+                if this.sleep.as_mut().poll(task).is_ready() {
+                    task.waker().wake_by_ref();
+                }
             }
         }
 

@@ -77,23 +77,45 @@ impl<P: Protocol> Message for Call<P> {
 /// Writes one frame that expects no reply (fire-and-forget), and resolves once the
 /// frame has been handed to the transport, or with the reason it was not.
 ///
+/// Resolves exactly once: `Ok` once the transport took the frame's last byte;
+/// [`CallError::Timeout`] if it has not by the send's timeout (its own, or the
+/// connection's `call_timeout`); [`CallError::Overloaded`] at once if the write buffer
+/// is full; [`CallError::Closed`] if the connection stops first. A send that timed out
+/// is not taken back: its bytes are in the write buffer and go out if the peer starts
+/// reading again (as a timed-out call's request does).
+///
 /// The frame is written as it is: under a protocol that correlates by id it must not
 /// be a request, or its reply would arrive for an id nobody asked for.
 pub struct SendFrame<P: Protocol> {
     /// The frame to write.
     pub frame: P::Frame,
+    /// How long to wait for the transport to take the frame, or `None` for the
+    /// connection's `call_timeout`.
+    pub timeout: Option<Duration>,
 }
 
 impl<P: Protocol> SendFrame<P> {
-    /// A send of `frame`.
+    /// A send of `frame`, with the connection's `call_timeout`.
     pub fn new(frame: P::Frame) -> Self {
-        Self { frame }
+        Self {
+            frame,
+            timeout: None,
+        }
+    }
+
+    /// This send with its own timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 }
 
 impl<P: Protocol> fmt::Debug for SendFrame<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendFrame").finish_non_exhaustive()
+        f.debug_struct("SendFrame")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 

@@ -59,7 +59,8 @@ const INITIAL_READ_BUFFER: usize = 512;
 ///   order as the [`Protocol`] says; per-call timeout; `Overloaded` past
 ///   `max_in_flight` or `max_write_buffer`.
 /// - [`SendFrame`] → `Result<(), CallError>`: fire-and-forget, resolved once the
-///   transport has taken the bytes, or failed if the connection stops first.
+///   transport has taken the bytes, with `Timeout` if it has not by the send's timeout,
+///   or failed if the connection stops first.
 /// - [`Close`] (graceful) and [`Abort`] → the [`CloseReason`]; [`GetStats`].
 ///
 /// # States
@@ -78,6 +79,9 @@ const INITIAL_READ_BUFFER: usize = 512;
 /// connection sends a ping and measures the round trip ([`ConnectionEvent::Rtt`]); after
 /// `heartbeat_timeout` of silence it closes with [`CloseReason::HeartbeatTimeout`],
 /// which is how a half-open link is found. The peer's pings are answered at once.
+/// A peer that keeps sending but reads nothing is found by the write side instead:
+/// bytes waiting that the transport has taken none of for `heartbeat_timeout` close
+/// the connection with [`CloseReason::WriteStalled`].
 ///
 /// # Who talks to it
 /// Callers send it messages (through an `Addr`, or a Pool later); it tells its
@@ -102,6 +106,9 @@ pub struct Connection<T: Transport, P: Protocol> {
     encoded_total: u64,
     /// When bytes last arrived from the peer (any bytes, a whole frame or not).
     last_read: Instant,
+    /// Since when bytes have been waiting for the transport without it taking any;
+    /// `None` while nothing waits. Set and cleared by the driver after each flush.
+    write_stalled_since: Option<Instant>,
     /// The outstanding heartbeat ping: its id and when it was sent.
     ping: Option<(u64, Instant)>,
     /// Who asked for the outstanding ping's round trip ([`Ping`]).
@@ -277,6 +284,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             next_id: 1,
             encoded_total: 0,
             last_read: now,
+            write_stalled_since: None,
             ping: None,
             ping_waiters: Vec::new(),
             next_ping_id: 1,
@@ -433,10 +441,22 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         self.timer_deadline = self.timer_deadline.min(deadline);
     }
 
-    /// Notes how far the transport has taken the write buffer, completing sends.
-    fn note_written(&mut self) {
+    /// Notes how far the transport has taken the write buffer, completing sends, and
+    /// whether the write side is making progress: `progressed` says the transport took
+    /// bytes in this flush, `waiting` that bytes are still waiting for it.
+    fn note_written(&mut self, progressed: bool, waiting: bool) {
         let written = self.encoded_total - self.framed.write_buffer().len() as u64;
         self.pending.borrow_mut().flushed(written);
+        if !waiting {
+            self.write_stalled_since = None;
+        } else if progressed || self.write_stalled_since.is_none() {
+            let now = Instant::now();
+            self.write_stalled_since = Some(now);
+            // The stall is judged by the timer: make sure it fires by then.
+            self.timer_deadline = self
+                .timer_deadline
+                .min(later(now, self.config.heartbeat_timeout));
+        }
     }
 
     fn on_frame(&mut self, frame: P::Frame, ctx: &mut Context<Self>) {
@@ -607,6 +627,22 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             self.shutdown(CloseReason::HeartbeatTimeout { silent_for }, ctx);
             return None;
         }
+        // A peer that keeps sending but reads nothing is not silent; it is found by
+        // its write side: bytes it has not taken for as long as the heartbeat timeout.
+        if let Some(since) = self.write_stalled_since {
+            let stalled_for = now - since;
+            if stalled_for >= timeout {
+                let buffered = self.framed.write_buffer().len();
+                self.shutdown(
+                    CloseReason::WriteStalled {
+                        stalled_for,
+                        buffered,
+                    },
+                    ctx,
+                );
+                return None;
+            }
+        }
         // Under id correlation a ping unanswered for a whole timeout while other frames
         // kept arriving is presumed lost; the next quiet spell sends a fresh one.
         if let Some((_, sent_at)) = self.ping {
@@ -632,6 +668,9 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         };
 
         let mut next = next_heartbeat;
+        if let Some(since) = self.write_stalled_since {
+            next = next.min(later(since, timeout));
+        }
         if let Some(deadline) = next_call {
             next = next.min(deadline);
         }
@@ -817,6 +856,8 @@ struct WrittenCall<R> {
 /// A send whose frame is in the write buffer, done once `offset` bytes are written.
 struct WrittenSend<R> {
     offset: u64,
+    deadline: Instant,
+    timeout: Duration,
     pending: Rc<RefCell<PendingCalls<R>>>,
 }
 
@@ -863,7 +904,11 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, SendFrame<P>> 
         tx: Option<OneshotSender<Result<(), CallError>>>,
     ) {
         match self.0 {
-            Ok(send) => send.pending.borrow_mut().insert_flush(send.offset, tx),
+            Ok(send) => {
+                send.pending
+                    .borrow_mut()
+                    .insert_flush(send.offset, send.deadline, send.timeout, tx)
+            }
             Err(error) => refuse(tx, error),
         }
     }
@@ -886,16 +931,24 @@ impl<T: Transport, P: Protocol> Handler<Call<P>> for Connection<T, P> {
 impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
     type Result = SendReply<P>;
 
-    /// Encodes the frame; the sender hears back once the transport took it.
+    /// Encodes the frame; the sender hears back once the transport took it, or when
+    /// the send's timeout runs out.
     fn handle(&mut self, send: SendFrame<P>, _: &mut Context<Self>) -> SendReply<P> {
         let result = self.admit().and_then(|()| self.write(send.frame));
         self.count_refusal(&result);
         if let Err(error) = &result {
             self.metrics.call_error(error);
         }
-        SendReply(result.map(|()| WrittenSend {
-            offset: self.encoded_total,
-            pending: self.pending.clone(),
+        let timeout = send.timeout.unwrap_or(self.config.call_timeout);
+        SendReply(result.map(|()| {
+            let deadline = later(self.batch_now(), timeout);
+            self.timer_deadline = self.timer_deadline.min(deadline);
+            WrittenSend {
+                offset: self.encoded_total,
+                deadline,
+                timeout,
+                pending: self.pending.clone(),
+            }
         }))
     }
 }

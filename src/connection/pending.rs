@@ -80,8 +80,19 @@ pub(crate) struct PendingCalls<R> {
     /// `waiting`, published for readers on other threads (a pool picking the least
     /// loaded connection, or checking a returned one is quiet).
     gauge: InFlightGauge,
-    /// Sends waiting until the transport has taken the bytes up to an offset.
-    flushes: VecDeque<(u64, Option<SendSender>)>,
+    /// Sends waiting until the transport has taken the bytes up to an offset, in
+    /// offset order.
+    flushes: VecDeque<Flush>,
+}
+
+/// A send waiting for the transport to take its bytes.
+struct Flush {
+    /// Done once the transport has taken this many bytes in all.
+    offset: u64,
+    deadline: Instant,
+    timeout: Duration,
+    /// `None` for a send made with `do_send`, or one that timed out.
+    sender: Option<SendSender>,
 }
 
 impl<R> PendingCalls<R> {
@@ -237,6 +248,21 @@ impl<R> PendingCalls<R> {
             }
         }
         self.set_waiting(self.waiting - expired as usize);
+        // Sends: a timed-out one is told so and leaves the queue. Its bytes stay in
+        // the write buffer (a frame is never taken back half written).
+        self.flushes.retain_mut(|flush| {
+            if flush.deadline <= now {
+                if let Some(sender) = flush.sender.take() {
+                    let _ = sender.send(Err(CallError::Timeout {
+                        after: flush.timeout,
+                    }));
+                }
+                false
+            } else {
+                next = Some(next.map_or(flush.deadline, |n| n.min(flush.deadline)));
+                true
+            }
+        });
         (expired, next)
     }
 
@@ -259,22 +285,34 @@ impl<R> PendingCalls<R> {
         }
     }
 
-    /// Files a send that completes once the transport has taken `offset` bytes in all.
+    /// Files a send that completes once the transport has taken `offset` bytes in all,
+    /// or fails with `Timeout` at `deadline`.
     pub(crate) fn insert_flush(
         &mut self,
         offset: u64,
+        deadline: Instant,
+        timeout: Duration,
         sender: Option<OneshotSender<Result<(), CallError>>>,
     ) {
-        self.flushes.push_back((offset, sender));
+        self.flushes.push_back(Flush {
+            offset,
+            deadline,
+            timeout,
+            sender,
+        });
     }
 
     /// Completes the sends whose bytes the transport has taken.
     pub(crate) fn flushed(&mut self, written: u64) {
-        while let Some((offset, _)) = self.flushes.front() {
-            if *offset > written {
+        while let Some(flush) = self.flushes.front() {
+            if flush.offset > written {
                 break;
             }
-            if let Some((_, Some(sender))) = self.flushes.pop_front() {
+            if let Some(Flush {
+                sender: Some(sender),
+                ..
+            }) = self.flushes.pop_front()
+            {
                 let _ = sender.send(Ok(()));
             }
         }
@@ -294,8 +332,8 @@ impl<R> PendingCalls<R> {
                 failed += 1;
             }
         }
-        for (_, sender) in self.flushes.drain(..) {
-            if let Some(sender) = sender {
+        for flush in self.flushes.drain(..) {
+            if let Some(sender) = flush.sender {
                 let _ = sender.send(Err(CallError::Closed(reason.clone())));
             }
         }
