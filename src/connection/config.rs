@@ -125,7 +125,9 @@ impl ConnectionConfigBuilder {
     }
 
     /// Calls awaiting a reply, at most (for in-order protocols, requests in the
-    /// pipeline, abandoned ones included). Defaults to 4096.
+    /// pipeline, abandoned ones included). Also bounds the [`Deliver`](crate::Deliver)ed
+    /// frames waiting for room in the write buffer that no sender's queue counts.
+    /// Defaults to 4096.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.config.max_in_flight = max;
         self

@@ -29,6 +29,9 @@ use crate::CloseReason;
 /// connection cannot starve its arbiter.
 const READ_BUDGET: usize = 1024;
 
+/// Flush-and-refill rounds per poll while deliveries wait for room (see `refill`).
+const REFILL_ROUNDS: usize = 8;
+
 /// Frames per poll above which the connection counts as busy.
 const BUSY_FRAMES: usize = 32;
 /// Spare read capacity a busy connection keeps, so a burst of replies comes in with
@@ -132,23 +135,36 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             }
         }
 
-        if this.flush_pending || !act.framed.write_buffer().is_empty() {
-            let written_before = act.framed.get_ref().written();
-            let flushed = Pin::new(&mut act.framed).poll_flush(task);
-            this.flush_pending = flushed.is_pending();
-            let progressed = act.framed.get_ref().written() != written_before;
-            act.note_written(progressed, this.flush_pending);
-            if let Poll::Ready(Err(error)) = flushed {
-                act.shutdown(P::close_reason(error), ctx);
-                return Poll::Ready(());
-            }
-            // A stall that just began may need the timer sooner than it is armed.
-            if act.timer_deadline < this.armed {
-                this.armed = act.timer_deadline;
-                this.sleep.as_mut().reset(this.armed);
-                if this.sleep.as_mut().poll(task).is_ready() {
-                    task.waker().wake_by_ref();
+        // Flush, and refill from the deliveries waiting for room while the transport
+        // takes what is written; a few rounds per poll, then let other work run.
+        let mut rounds = 0;
+        loop {
+            if this.flush_pending || !act.framed.write_buffer().is_empty() {
+                let written_before = act.framed.get_ref().written();
+                let flushed = Pin::new(&mut act.framed).poll_flush(task);
+                this.flush_pending = flushed.is_pending();
+                let progressed = act.framed.get_ref().written() != written_before;
+                act.note_written(progressed, this.flush_pending);
+                if let Poll::Ready(Err(error)) = flushed {
+                    act.shutdown(P::close_reason(error), ctx);
+                    return Poll::Ready(());
                 }
+                // A stall that just began may need the timer sooner than it is armed.
+                if act.timer_deadline < this.armed {
+                    this.armed = act.timer_deadline;
+                    this.sleep.as_mut().reset(this.armed);
+                    if this.sleep.as_mut().poll(task).is_ready() {
+                        task.waker().wake_by_ref();
+                    }
+                }
+            }
+            if act.outbox.is_empty() || !act.refill() {
+                break;
+            }
+            rounds += 1;
+            if rounds == REFILL_ROUNDS {
+                task.waker().wake_by_ref();
+                break;
             }
         }
 

@@ -127,10 +127,23 @@ impl<P: Protocol> Message for SendFrame<P> {
 /// peer's request), without telling the sender how it went: for a server that writes
 /// to many peers and must never wait for a slow one.
 ///
-/// If the frame does not fit the write buffer, `overflow` says what happens: the frame
-/// is dropped (and counted in [`ConnectionStats::deliveries_dropped`]), or the
-/// connection closes with [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer).
-/// A connection that is closing drops it.
+/// If the frame does not fit the write buffer (`max_write_buffer`), it waits, encoded
+/// and in order with the other deliveries, and goes into the buffer as the peer takes
+/// bytes: a batch of answers larger than the buffer reaches a peer that reads. What
+/// waits is bounded: deliveries from a [`ServerBroker`](crate::server::ServerBroker)
+/// by its `subscriber_queue` (each keeps its place in that queue until it is in the
+/// write buffer), others by `max_in_flight`. Past that bound `overflow` says what
+/// happens: the frame is dropped (and counted in
+/// [`ConnectionStats::deliveries_dropped`]), or the connection closes with
+/// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer). A peer that takes
+/// nothing at all is closed with
+/// [`CloseReason::WriteStalled`](crate::CloseReason::WriteStalled) after
+/// `heartbeat_timeout`. A connection that is closing drops new deliveries (and one
+/// that stops drops those still waiting, counted in `deliveries_dropped`); a graceful
+/// close writes those already waiting first.
+///
+/// Deliveries keep their order among themselves; a [`Call`] or [`SendFrame`] handled
+/// while deliveries wait for room may go out before them.
 pub struct Deliver<P: Protocol> {
     /// The frame to write.
     pub frame: P::Frame,
@@ -163,7 +176,8 @@ impl<P: Protocol> Message for Deliver<P> {
     type Result = ();
 }
 
-/// What happens to a [`Deliver`] (or a subscriber's message) that does not fit.
+/// What happens to a [`Deliver`] (or a subscriber's message) that does not fit what
+/// may wait for the peer.
 ///
 /// In a config file (feature `serde`): `"drop"` or `"close"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -306,9 +320,11 @@ pub struct ConnectionStats {
     pub requests: u64,
     /// Requests from the peer refused because the request recipient was full or gone.
     pub requests_refused: u64,
-    /// [`Deliver`]ed frames dropped because the write buffer was full or the
-    /// connection was closing.
+    /// [`Deliver`]ed frames dropped: past the bound on what waits for the peer (under
+    /// [`Overflow::Drop`]), not encodable, or the connection was closing or stopped.
     pub deliveries_dropped: u64,
+    /// [`Deliver`]ed frames waiting for room in the write buffer.
+    pub queued_deliveries: usize,
 }
 
 /// What a Connection tells its supervisor (the Pool, or a probe in tests).
