@@ -89,6 +89,13 @@ pub enum Overload {
         /// The configured `max_write_buffer`.
         limit: usize,
     },
+    /// `max_in_flight` calls are in flight and `max_waiting_calls` more already wait
+    /// for room.
+    #[error("{limit} calls already waiting for room")]
+    Waiting {
+        /// The configured `max_waiting_calls`.
+        limit: usize,
+    },
 }
 
 /// Why a connection stopped. Every call pending at that moment fails with

@@ -135,6 +135,11 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             }
         }
 
+        // Calls waiting for room: replies read and calls timed out above made some.
+        if !act.queued.borrow().is_empty() {
+            act.admit_queued();
+        }
+
         // Flush, and refill from the deliveries waiting for room while the transport
         // takes what is written; a few rounds per poll, then let other work run.
         let mut rounds = 0;
@@ -166,6 +171,14 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
                 task.waker().wake_by_ref();
                 break;
             }
+        }
+
+        // Calls that waited for write-buffer room, which the flush just made.
+        if !act.queued.borrow().is_empty()
+            && act.framed.write_buffer().len() < act.config.max_write_buffer
+            && act.pending.borrow().depth() < act.config.max_in_flight
+        {
+            task.waker().wake_by_ref();
         }
 
         if act.is_drained() && !this.flush_pending {

@@ -37,7 +37,9 @@ impl fmt::Display for ConnectionId {
 /// Resolves exactly once: with the reply, the peer's error
 /// ([`CallError::Remote`]), [`CallError::Timeout`] after the call's timeout,
 /// [`CallError::Overloaded`] at once if the connection is full, or
-/// [`CallError::Closed`] if the connection stops first.
+/// [`CallError::Closed`] if the connection stops first. A connection configured with
+/// [`max_waiting_calls`](crate::ConnectionConfigBuilder::max_waiting_calls) keeps a
+/// call past `max_in_flight` waiting for room instead, within the call's timeout.
 pub struct Call<P: Protocol> {
     /// What to send.
     pub request: P::Request,
@@ -325,6 +327,9 @@ pub struct ConnectionStats {
     pub deliveries_dropped: u64,
     /// [`Deliver`]ed frames waiting for room in the write buffer.
     pub queued_deliveries: usize,
+    /// Calls waiting for room past `max_in_flight` (see
+    /// [`max_waiting_calls`](crate::ConnectionConfigBuilder::max_waiting_calls)).
+    pub queued_calls: usize,
 }
 
 /// What a Connection tells its supervisor (the Pool, or a probe in tests).

@@ -5,6 +5,7 @@ mod counted;
 mod driver;
 mod messages;
 mod pending;
+mod queued;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -38,6 +39,7 @@ use crate::{CallError, CloseReason, Overload};
 use counted::Counted;
 use driver::Driver;
 use pending::{Matched, PendingCalls};
+use queued::{QueuedCall, QueuedCalls};
 
 /// Bytes a connection's read buffer starts with; its write buffer starts empty and
 /// allocates on the first write. An idle connection needs little more (a heartbeat
@@ -95,6 +97,8 @@ pub struct Connection<T: Transport, P: Protocol> {
     config: ConnectionConfig,
     framed: Framed<Counted<T>, P::Codec>,
     pending: Rc<RefCell<PendingCalls<P::Reply>>>,
+    /// Calls waiting for room past `max_in_flight` (see `max_waiting_calls`).
+    queued: Rc<RefCell<QueuedCalls<P>>>,
     /// Published load and state, for a Pool on another thread.
     gauge: InFlightGauge,
     events: Option<Recipient<ConnectionEvent>>,
@@ -296,6 +300,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
                 self.config.max_in_flight,
                 self.gauge.clone(),
             ))),
+            queued: Rc::new(RefCell::new(QueuedCalls::new())),
             gauge: self.gauge,
             config: self.config,
             events: self.events,
@@ -503,28 +508,95 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         moved
     }
 
-    fn start_call(&mut self, call: Call<P>) -> Result<WrittenCall<P::Reply>, CallError> {
-        self.admit()?;
-        let limit = self.config.max_in_flight;
-        if self.pending.borrow().depth() >= limit {
-            self.stats.overloaded += 1;
-            return Err(CallError::Overloaded(Overload::InFlight { limit }));
+    fn start_call(&mut self, call: Call<P>) -> Started<P> {
+        if let Err(error) = self.admit() {
+            return Started::Refused(error);
         }
+        let timeout = call.timeout.unwrap_or(self.config.call_timeout);
+        let deadline = later(self.batch_now(), timeout);
+        let limit = self.config.max_in_flight;
+        let queued = self.queued.borrow().len();
+        // Behind calls already waiting, first come first served, even if room freed.
+        if queued > 0 || self.pending.borrow().depth() >= limit {
+            let max_waiting = self.config.max_waiting_calls;
+            if queued >= max_waiting {
+                self.stats.overloaded += 1;
+                let overload = if max_waiting == 0 {
+                    Overload::InFlight { limit }
+                } else {
+                    Overload::Waiting { limit: max_waiting }
+                };
+                return Started::Refused(CallError::Overloaded(overload));
+            }
+            self.timer_deadline = self.timer_deadline.min(deadline);
+            return Started::Queued(QueuedCall {
+                request: call.request,
+                deadline,
+                timeout,
+                sender: None,
+            });
+        }
+        match self.write_call(call.request) {
+            Ok(id) => {
+                self.timer_deadline = self.timer_deadline.min(deadline);
+                Started::Written(WrittenCall {
+                    id,
+                    deadline,
+                    timeout,
+                    pending: self.pending.clone(),
+                })
+            }
+            Err(error) => Started::Refused(error),
+        }
+    }
+
+    /// Encodes a call's request with the next id; returns the id.
+    fn write_call(&mut self, request: P::Request) -> Result<u64, CallError> {
         let id = self.next_id;
-        let written = self.write(self.protocol.request(id, call.request));
+        let written = self.write(self.protocol.request(id, request));
         self.count_refusal(&written);
         written?;
         self.next_id += 1;
-        let timeout = call.timeout.unwrap_or(self.config.call_timeout);
-        let deadline = later(self.batch_now(), timeout);
-        self.timer_deadline = self.timer_deadline.min(deadline);
         self.stats.calls += 1;
-        Ok(WrittenCall {
-            id,
-            deadline,
-            timeout,
-            pending: self.pending.clone(),
-        })
+        Ok(id)
+    }
+
+    /// Sends waiting calls, longest waiting first, while there is room in flight and
+    /// in the write buffer.
+    fn admit_queued(&mut self) {
+        loop {
+            if self.pending.borrow().depth() >= self.config.max_in_flight
+                || self.framed.write_buffer().len() >= self.config.max_write_buffer
+            {
+                return;
+            }
+            let Some(call) = self.queued.borrow_mut().pop() else {
+                return;
+            };
+            if call.is_abandoned() {
+                // Its caller is gone: nobody wants it sent.
+                continue;
+            }
+            let QueuedCall {
+                request,
+                deadline,
+                timeout,
+                sender,
+            } = call;
+            match self.write_call(request) {
+                Ok(id) => self
+                    .pending
+                    .borrow_mut()
+                    .insert(id, deadline, timeout, sender),
+                Err(error) => {
+                    // A request that would cross the write buffer's cap.
+                    self.metrics.call_error(&error);
+                    if let Some(sender) = sender {
+                        let _ = sender.send(Err(error));
+                    }
+                }
+            }
+        }
     }
 
     /// The time at the start of the current mailbox batch. Actix handles a batch of
@@ -557,6 +629,9 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             Some((earlier, _)) if earlier <= deadline => return,
             Some(_) => tracing::debug!(parent: &self.span, ?after, "closing sooner"),
         }
+        // Calls waiting for room never reached the wire: refused as new calls are.
+        let refused = self.queued.borrow_mut().fail_all(&CallError::Closing);
+        self.metrics.failed_by_close(refused);
         self.closing = Some((deadline, after));
         self.timer_deadline = self.timer_deadline.min(deadline);
     }
@@ -723,7 +798,12 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     /// Runs when the timer fires: call timeouts, heartbeat, close timeout. Returns when
     /// to fire next, or `None` if the connection stopped.
     fn on_timer(&mut self, now: Instant, ctx: &mut Context<Self>) -> Option<Instant> {
-        let (expired, next_call) = self.pending.borrow_mut().expire(now);
+        let (mut expired, mut next_call) = self.pending.borrow_mut().expire(now);
+        let (expired_queued, next_queued) = self.queued.borrow_mut().expire(now);
+        expired += expired_queued;
+        if let Some(deadline) = next_queued {
+            next_call = Some(next_call.map_or(deadline, |n: Instant| n.min(deadline)));
+        }
         if expired > 0 {
             self.stats.timeouts += expired;
             self.metrics.timed_out(expired);
@@ -872,7 +952,11 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         self.outbox.clear();
         self.outbox_bytes = 0;
         self.outbox_untracked = 0;
-        let failed = self.pending.borrow_mut().fail_all(&reason);
+        let failed = self.pending.borrow_mut().fail_all(&reason)
+            + self
+                .queued
+                .borrow_mut()
+                .fail_all(&CallError::Closed(reason.clone()));
         self.metrics.failed_by_close(failed);
         self.metrics.closed(&reason);
         match &reason {
@@ -916,6 +1000,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             requests_refused: c.requests_refused,
             deliveries_dropped: c.deliveries_dropped,
             queued_deliveries: self.outbox.len(),
+            queued_calls: self.queued.borrow().len(),
         }
     }
 }
@@ -966,7 +1051,17 @@ impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
 ///
 /// Returning this instead of a future means a call allocates no extra channel and
 /// spawns nothing: the reply goes straight from the reader to the caller.
-pub struct CallReply<P: Protocol>(Result<WrittenCall<P::Reply>, CallError>);
+pub struct CallReply<P: Protocol>(Started<P>, Rc<RefCell<QueuedCalls<P>>>);
+
+/// What became of a call when its handler ran.
+enum Started<P: Protocol> {
+    /// Its request is in the write buffer.
+    Written(WrittenCall<P::Reply>),
+    /// It waits for room (`max_waiting_calls`).
+    Queued(QueuedCall<P>),
+    /// It failed at once.
+    Refused(CallError),
+}
 
 /// The reply of a [`SendFrame`] handler, like [`CallReply`].
 pub struct SendReply<P: Protocol>(Result<WrittenSend<P::Reply>, CallError>);
@@ -1014,11 +1109,16 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, Call<P>> for C
     ) {
         match self.0 {
             // Filed even without a sender (`do_send`), so that its reply is expected.
-            Ok(call) => call
-                .pending
-                .borrow_mut()
-                .insert(call.id, call.deadline, call.timeout, tx),
-            Err(error) => refuse(tx, error),
+            Started::Written(call) => {
+                call.pending
+                    .borrow_mut()
+                    .insert(call.id, call.deadline, call.timeout, tx)
+            }
+            Started::Queued(mut call) => {
+                call.sender = tx;
+                self.1.borrow_mut().push(call);
+            }
+            Started::Refused(error) => refuse(tx, error),
         }
     }
 }
@@ -1046,11 +1146,11 @@ impl<T: Transport, P: Protocol> Handler<Call<P>> for Connection<T, P> {
     /// Encodes the request and files the call; the reply reaches the caller when the
     /// driver reads it, or an error when the call times out or the connection stops.
     fn handle(&mut self, call: Call<P>, _: &mut Context<Self>) -> CallReply<P> {
-        let written = self.start_call(call);
-        if let Err(error) = &written {
+        let started = self.start_call(call);
+        if let Started::Refused(error) = &started {
             self.metrics.call_error(error);
         }
-        CallReply(written)
+        CallReply(started, self.queued.clone())
     }
 }
 
