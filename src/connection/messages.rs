@@ -45,6 +45,9 @@ pub struct Call<P: Protocol> {
     pub request: P::Request,
     /// This call's timeout, or `None` for the connection's `call_timeout`.
     pub timeout: Option<Duration>,
+    /// Whether the peer may hold the reply for long on purpose; see
+    /// [`blocking`](Self::blocking).
+    pub blocking: bool,
 }
 
 impl<P: Protocol> Call<P> {
@@ -53,6 +56,7 @@ impl<P: Protocol> Call<P> {
         Self {
             request: request.into(),
             timeout: None,
+            blocking: false,
         }
     }
 
@@ -62,12 +66,29 @@ impl<P: Protocol> Call<P> {
         self.timeout = Some(timeout);
         self
     }
+
+    /// Marks this call blocking: the peer may hold its reply for long on purpose (a
+    /// long poll, Redis's `BLPOP`), and on an in-order protocol everything after it,
+    /// the heartbeat's ping included, waits as long. While a blocking call is
+    /// outstanding, silence does not close the connection as a dead link and no
+    /// heartbeat ping is queued behind it on an in-order protocol; the call's own
+    /// timeout bounds the wait, so give it one longer than the block. Once no blocking
+    /// call is outstanding, silence is judged again from the last bytes read.
+    ///
+    /// The protocol may mark calls itself ([`Protocol::is_blocking`]): RESP marks
+    /// Redis's blocking commands.
+    #[must_use]
+    pub fn blocking(mut self) -> Self {
+        self.blocking = true;
+        self
+    }
 }
 
 impl<P: Protocol> fmt::Debug for Call<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Call")
             .field("timeout", &self.timeout)
+            .field("blocking", &self.blocking)
             .finish_non_exhaustive()
     }
 }

@@ -514,6 +514,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         }
         let timeout = call.timeout.unwrap_or(self.config.call_timeout);
         let deadline = later(self.batch_now(), timeout);
+        let blocking = call.blocking || self.protocol.is_blocking(&call.request);
         let limit = self.config.max_in_flight;
         let queued = self.queued.borrow().len();
         // Behind calls already waiting, first come first served, even if room freed.
@@ -533,6 +534,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                 request: call.request,
                 deadline,
                 timeout,
+                blocking,
                 sender: None,
             });
         }
@@ -543,6 +545,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                     id,
                     deadline,
                     timeout,
+                    blocking,
                     pending: self.pending.clone(),
                 })
             }
@@ -581,13 +584,14 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                 request,
                 deadline,
                 timeout,
+                blocking,
                 sender,
             } = call;
             match self.write_call(request) {
                 Ok(id) => self
                     .pending
                     .borrow_mut()
-                    .insert(id, deadline, timeout, sender),
+                    .insert(id, deadline, timeout, blocking, sender),
                 Err(error) => {
                     // A request that would cross the write buffer's cap.
                     self.metrics.call_error(&error);
@@ -823,7 +827,11 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         let interval = self.config.heartbeat_interval;
         let timeout = self.config.heartbeat_timeout;
         let silent_for = now - self.last_read;
-        if silent_for >= timeout {
+        // A blocking call outstanding: the peer may be silent on purpose, and on an
+        // in-order protocol even a ping would wait behind it. The call's own timeout
+        // bounds the wait; the verdict on silence resumes once none is outstanding.
+        let blocked = self.pending.borrow().blocking() > 0;
+        if silent_for >= timeout && !blocked {
             self.shutdown(CloseReason::HeartbeatTimeout { silent_for }, ctx);
             return None;
         }
@@ -853,11 +861,16 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                 }
             }
         }
-        if self.ping.is_none() && silent_for >= interval {
+        let ping_waits_behind = blocked && self.protocol.correlation() == Correlation::InOrder;
+        if self.ping.is_none() && silent_for >= interval && !ping_waits_behind {
             // A ping that does not fit means the peer is not reading; silence will tell.
             let _ = self.send_ping(now);
         }
-        let next_heartbeat = if self.ping.is_some() {
+        let next_heartbeat = if blocked {
+            // Nothing to judge until the blocking calls end (their deadlines are in
+            // `next_call`); look again in an interval, never at a deadline passed.
+            later(now, interval)
+        } else if self.ping.is_some() {
             later(self.last_read, timeout)
         } else if silent_for >= interval {
             // The ping did not fit: the peer is not reading. Try again in an interval,
@@ -1071,6 +1084,7 @@ struct WrittenCall<R> {
     id: u64,
     deadline: Instant,
     timeout: Duration,
+    blocking: bool,
     pending: Rc<RefCell<PendingCalls<R>>>,
 }
 
@@ -1109,11 +1123,13 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, Call<P>> for C
     ) {
         match self.0 {
             // Filed even without a sender (`do_send`), so that its reply is expected.
-            Started::Written(call) => {
-                call.pending
-                    .borrow_mut()
-                    .insert(call.id, call.deadline, call.timeout, tx)
-            }
+            Started::Written(call) => call.pending.borrow_mut().insert(
+                call.id,
+                call.deadline,
+                call.timeout,
+                call.blocking,
+                tx,
+            ),
             Started::Queued(mut call) => {
                 call.sender = tx;
                 self.1.borrow_mut().push(call);

@@ -34,6 +34,8 @@ struct Waiting<R> {
     sender: Option<ReplySender<R>>,
     deadline: Instant,
     timeout: Duration,
+    /// A blocking call: bounded by its own timeout, not by the heartbeat.
+    blocking: bool,
 }
 
 impl<R> Waiting<R> {
@@ -77,6 +79,8 @@ pub(crate) struct PendingCalls<R> {
     in_order: VecDeque<Slot<R>>,
     /// Calls waiting for a reply (abandoned ones and heartbeats excluded).
     waiting: usize,
+    /// Of those, the blocking ones.
+    blocking: usize,
     /// `waiting`, published for readers on other threads (a pool picking the least
     /// loaded connection, or checking a returned one is quiet).
     gauge: InFlightGauge,
@@ -111,6 +115,7 @@ impl<R> PendingCalls<R> {
             stale_below: 0,
             in_order: VecDeque::new(),
             waiting: 0,
+            blocking: 0,
             flushes: VecDeque::new(),
         }
     }
@@ -129,6 +134,11 @@ impl<R> PendingCalls<R> {
         }
     }
 
+    /// Blocking calls waiting for a reply (abandoned ones excluded).
+    pub(crate) fn blocking(&self) -> usize {
+        self.blocking
+    }
+
     pub(crate) fn is_idle(&self) -> bool {
         self.waiting == 0 && self.flushes.is_empty()
     }
@@ -140,13 +150,16 @@ impl<R> PendingCalls<R> {
         id: u64,
         deadline: Instant,
         timeout: Duration,
+        blocking: bool,
         sender: Option<ReplySender<R>>,
     ) {
         let waiting = Waiting {
             sender,
             deadline,
             timeout,
+            blocking,
         };
+        self.blocking += usize::from(blocking);
         match self.correlation {
             Correlation::ById => {
                 self.by_id.insert(id, waiting);
@@ -178,6 +191,7 @@ impl<R> PendingCalls<R> {
             Correlation::ById => {
                 if let Some(waiting) = self.by_id.remove(&id) {
                     self.set_waiting(self.waiting - 1);
+                    self.blocking -= usize::from(waiting.blocking);
                     waiting.finish(result);
                     Matched::Delivered
                 } else if self.abandoned.remove(&id) {
@@ -194,6 +208,7 @@ impl<R> PendingCalls<R> {
             Correlation::InOrder => match self.in_order.pop_front() {
                 Some(Slot::Call { waiting, .. }) => {
                     self.set_waiting(self.waiting - 1);
+                    self.blocking -= usize::from(waiting.blocking);
                     waiting.finish(result);
                     Matched::Delivered
                 }
@@ -221,6 +236,7 @@ impl<R> PendingCalls<R> {
                 }
                 for id in ids {
                     if let Some(waiting) = self.by_id.remove(&id) {
+                        self.blocking -= usize::from(waiting.blocking);
                         let after = waiting.timeout;
                         waiting.finish(Err(CallError::Timeout { after }));
                         self.abandon(id);
@@ -229,6 +245,7 @@ impl<R> PendingCalls<R> {
                 }
             }
             Correlation::InOrder => {
+                let mut blocking = 0;
                 for slot in &mut self.in_order {
                     let Slot::Call { waiting, .. } = slot else {
                         continue;
@@ -238,6 +255,7 @@ impl<R> PendingCalls<R> {
                         else {
                             unreachable!("matched as a call above")
                         };
+                        blocking += usize::from(waiting.blocking);
                         let after = waiting.timeout;
                         waiting.finish(Err(CallError::Timeout { after }));
                         expired += 1;
@@ -245,6 +263,7 @@ impl<R> PendingCalls<R> {
                         next = Some(next.map_or(waiting.deadline, |n| n.min(waiting.deadline)));
                     }
                 }
+                self.blocking -= blocking;
             }
         }
         self.set_waiting(self.waiting - expired as usize);
@@ -339,6 +358,7 @@ impl<R> PendingCalls<R> {
         }
         self.abandoned.clear();
         self.abandoned_order.clear();
+        self.blocking = 0;
         self.set_waiting(0);
         failed
     }

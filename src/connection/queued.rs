@@ -21,6 +21,7 @@ pub(super) struct QueuedCall<P: Protocol> {
     pub(super) request: P::Request,
     pub(super) deadline: Instant,
     pub(super) timeout: Duration,
+    pub(super) blocking: bool,
     /// `None` for a call sent with `do_send`.
     pub(super) sender: Option<ReplySender<P::Reply>>,
 }
