@@ -176,3 +176,41 @@ async fn a_gap_mid_frame_as_long_as_the_heartbeat_timeout_is_still_a_dead_link()
         "{result:?}"
     );
 }
+
+mod generated {
+    //! The same promise over generated shapes: any payload, piece size and gap shorter
+    //! than the heartbeat timeout. A fixed seed, so CI runs the same cases every time;
+    //! set `PROPTEST_CASES` for more.
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    fn shapes() -> impl Strategy<Value = Trickle> {
+        (1usize..=256 * 1024, 1usize..=400, 0u64..2_900).prop_map(|(payload, pieces, gap)| {
+            Trickle {
+                payload,
+                // At most `pieces` pieces, so that a case stays a few hundred writes.
+                piece: payload.div_ceil(pieces).max(1),
+                gap: Duration::from_millis(gap),
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(Config {
+            cases: 24,
+            rng_seed: RngSeed::Fixed(15),
+            failure_persistence: None,
+            ..Config::default()
+        })]
+
+        #[test]
+        fn any_trickle_with_gaps_shorter_than_the_timeout_arrives(shape in shapes()) {
+            let outcome = actix_rt::System::new().block_on(async move {
+                tokio::time::pause();
+                run(shape).await.0
+            });
+            prop_assert_eq!(outcome, Ok(shape.payload), "{:?}", shape);
+        }
+    }
+}

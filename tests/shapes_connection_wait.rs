@@ -236,3 +236,145 @@ async fn a_connection_that_closes_fails_every_waiting_call_exactly_once() {
     assert_eq!(outcomes, expected);
     peer.expect_closed(WAIT).await;
 }
+
+mod generated {
+    //! Generated shapes: `max_in_flight`, `max_waiting_calls`, burst size, each call's
+    //! timeout and the peer's pace. Every call ends exactly once, with its own reply or
+    //! a typed error that the shape explains; the peer sees requests in arrival order.
+    //! A fixed seed, so CI runs the same cases every time.
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    #[derive(Debug, Clone)]
+    struct Shape {
+        max_in_flight: usize,
+        max_waiting: usize,
+        burst: usize,
+        /// Per call: its own timeout in ms, or the config's (30 s).
+        timeouts: Vec<Option<u64>>,
+        peer_delay_ms: u64,
+    }
+
+    fn shapes() -> impl Strategy<Value = Shape> {
+        (1usize..=16, 0usize..=64, 1usize..=200, 0u64..=20).prop_flat_map(
+            |(max_in_flight, max_waiting, burst, peer_delay_ms)| {
+                proptest::collection::vec(proptest::option::weighted(0.2, 1u64..=2_000), burst)
+                    .prop_map(move |timeouts| Shape {
+                        max_in_flight,
+                        max_waiting,
+                        burst,
+                        timeouts,
+                        peer_delay_ms,
+                    })
+            },
+        )
+    }
+
+    async fn run(shape: Shape) -> Result<(), TestCaseError> {
+        let Setup { addr, peer, .. } =
+            connect(waiting(shape.max_in_flight, shape.max_waiting)).await;
+        // The peer answers whatever reaches it, one at a time.
+        let peer = actix_rt::spawn(async move {
+            let mut peer = peer;
+            let mut seen = Vec::new();
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout(
+                Duration::from_secs(5),
+                futures::StreamExt::next(peer.framed()),
+            )
+            .await
+            {
+                if frame.kind != FrameKind::Request {
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_millis(shape.peer_delay_ms)).await;
+                seen.push(frame.payload.clone());
+                peer.reply(&frame, frame.payload.clone()).await;
+            }
+            seen
+        });
+        let requests: Vec<_> = (0..shape.burst)
+            .map(|i| {
+                let mut call = call(numbered(i));
+                if let Some(ms) = shape.timeouts[i] {
+                    call = call.timeout(Duration::from_millis(ms));
+                }
+                addr.send(call)
+            })
+            .collect();
+        let results = finish(actix_rt::spawn(futures::future::join_all(requests))).await;
+        prop_assert_eq!(results.len(), shape.burst);
+        // In one mailbox batch: the first max_in_flight are written, the next
+        // max_waiting wait, the rest are refused at once.
+        let admitted = shape.max_in_flight + shape.max_waiting;
+        for (i, result) in results.iter().enumerate() {
+            match result {
+                Ok(Ok(reply)) => {
+                    prop_assert_eq!(reply, &numbered(i), "call {} got another's reply", i)
+                }
+                Ok(Err(CallError::Overloaded(_))) => {
+                    prop_assert!(
+                        i >= admitted,
+                        "call {} refused though it fit ({} admitted)",
+                        i,
+                        admitted
+                    )
+                }
+                Ok(Err(CallError::Timeout { after })) => {
+                    prop_assert!(i < admitted, "call {} timed out though it was refused", i);
+                    prop_assert_eq!(Some(after.as_millis() as u64), shape.timeouts[i]);
+                }
+                other => prop_assert!(false, "call {}: {:?}", i, other),
+            }
+            if i >= admitted {
+                prop_assert!(
+                    matches!(result, Ok(Err(CallError::Overloaded(_)))),
+                    "call {}: {:?}",
+                    i,
+                    result
+                );
+            }
+            if i < admitted && shape.timeouts[i].is_none() {
+                prop_assert!(
+                    matches!(result, Ok(Ok(_))),
+                    "call {} with 30 s: {:?}",
+                    i,
+                    result
+                );
+            }
+        }
+        // Requests reached the peer in arrival order (those that gave up while waiting
+        // never did).
+        drop(addr);
+        let seen = finish(peer).await;
+        let mut last = None;
+        for payload in seen {
+            let i: usize = std::str::from_utf8(&payload[5..]).unwrap().parse().unwrap();
+            prop_assert!(
+                last.map_or(true, |l| i > l),
+                "request {} after {:?}",
+                i,
+                last
+            );
+            last = Some(i);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(Config {
+            cases: 32,
+            rng_seed: RngSeed::Fixed(15),
+            failure_persistence: None,
+            ..Config::default()
+        })]
+
+        #[test]
+        fn every_call_of_any_burst_ends_once_as_its_shape_says(shape in shapes()) {
+            actix_rt::System::new().block_on(async move {
+                tokio::time::pause();
+                run(shape).await
+            })?;
+        }
+    }
+}
