@@ -4,11 +4,11 @@ mod config;
 mod counted;
 mod driver;
 mod messages;
+mod outbox;
 mod pending;
 mod queued;
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -22,7 +22,7 @@ use actix::{
 use bytes::BytesMut;
 use futures::Sink;
 use tokio::time::Instant;
-use tokio_util::codec::{Encoder, Framed};
+use tokio_util::codec::Framed;
 
 pub use config::{ConnectionConfig, ConnectionConfigBuilder};
 pub use messages::{
@@ -38,6 +38,7 @@ use crate::transport::Transport;
 use crate::{CallError, CloseReason, Overload};
 use counted::Counted;
 use driver::Driver;
+use outbox::Outbox;
 use pending::{Matched, PendingCalls};
 use queued::{QueuedCall, QueuedCalls};
 
@@ -111,15 +112,8 @@ pub struct Connection<T: Transport, P: Protocol> {
     encoded_total: u64,
     /// When bytes last arrived from the peer (any bytes, a whole frame or not).
     last_read: Instant,
-    /// Delivered frames that did not fit the write buffer, encoded, in order, each
-    /// with its place in its sender's queue: they go into the buffer as the peer takes
-    /// bytes. See `deliver`.
-    outbox: VecDeque<Waiting>,
-    /// Bytes in `outbox` (for the debug output).
-    outbox_bytes: usize,
-    /// Frames in `outbox` that no sender's queue counts (no ticket); at most
-    /// `max_in_flight`.
-    outbox_untracked: usize,
+    /// Delivered frames waiting for room in the write buffer (see `outbox.rs`).
+    outbox: Outbox,
     /// Since when bytes have been waiting for the transport without it taking any;
     /// `None` while nothing waits. Set and cleared by the driver after each flush.
     write_stalled_since: Option<Instant>,
@@ -148,14 +142,6 @@ pub struct Connection<T: Transport, P: Protocol> {
     span: tracing::Span,
 }
 
-/// A delivered frame waiting for room in the write buffer: its bytes, already
-/// encoded, and its place in its sender's bounded queue, held until the bytes are in
-/// the write buffer so that the sender's bound covers it.
-struct Waiting {
-    bytes: BytesMut,
-    _ticket: Option<QueueTicket>,
-}
-
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
     calls: u64,
@@ -178,7 +164,7 @@ impl<T: Transport, P: Protocol> fmt::Debug for Connection<T, P> {
             .field("peer", &self.peer)
             .field("in_flight", &self.pending.borrow().waiting())
             .field("queued_deliveries", &self.outbox.len())
-            .field("queued_delivery_bytes", &self.outbox_bytes)
+            .field("queued_delivery_bytes", &self.outbox.bytes())
             .field("close_reason", &self.close_reason)
             .finish_non_exhaustive()
     }
@@ -310,9 +296,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             encoded_total: 0,
             last_read: now,
             write_stalled_since: None,
-            outbox: VecDeque::new(),
-            outbox_bytes: 0,
-            outbox_untracked: 0,
+            outbox: Outbox::default(),
             ping: None,
             ping_waiters: Vec::new(),
             next_ping_id: 1,
@@ -410,102 +394,6 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         }
         self.encoded_total += (after - before) as u64;
         Ok(())
-    }
-
-    /// Writes a delivered frame, or keeps it in the outbox while the write buffer has
-    /// no room, so that a batch of answers larger than `max_write_buffer` goes out as
-    /// the peer reads instead of being taken for a slow consumer. Returns the reason to
-    /// close, if the frame overflows the outbox under [`Overflow::Close`].
-    fn deliver(&mut self, deliver: Deliver<P>) -> Option<CloseReason> {
-        let Deliver {
-            frame,
-            overflow,
-            _ticket: ticket,
-        } = deliver;
-        if ticket.is_none() {
-            // A frame no sender's queue counts is bounded here. (Past the bound the
-            // outbox is not empty, so this frame would have to wait too.)
-            let limit = self.config.max_in_flight;
-            if self.outbox_untracked >= limit {
-                self.stats.deliveries_dropped += 1;
-                return match overflow {
-                    Overflow::Close => Some(CloseReason::SlowConsumer {
-                        queued: self.outbox.len(),
-                        limit,
-                    }),
-                    Overflow::Drop => None,
-                };
-            }
-        }
-        let limit = self.config.max_write_buffer;
-        let before = self.framed.write_buffer().len();
-        if self.outbox.is_empty() && before < limit {
-            // The usual case: straight into the write buffer, as `write` does, except
-            // that a frame crossing the cap is kept (split off) rather than refused.
-            if let Err(error) = Pin::new(&mut self.framed).start_send(frame) {
-                self.framed.write_buffer_mut().truncate(before);
-                self.stats.deliveries_dropped += 1;
-                tracing::debug!(parent: &self.span, %error, "delivery not encoded, dropped");
-                return None;
-            }
-            let after = self.framed.write_buffer().len();
-            if after <= limit || before == 0 {
-                self.encoded_total += (after - before) as u64;
-                return None;
-            }
-            let bytes = self.framed.write_buffer_mut().split_off(before);
-            self.enqueue(bytes, ticket);
-            return None;
-        }
-        let mut bytes = BytesMut::new();
-        if let Err(error) = self.framed.codec_mut().encode(frame, &mut bytes) {
-            self.stats.deliveries_dropped += 1;
-            tracing::debug!(parent: &self.span, %error, "delivery not encoded, dropped");
-            return None;
-        }
-        self.enqueue(bytes, ticket);
-        None
-    }
-
-    fn enqueue(&mut self, bytes: BytesMut, ticket: Option<QueueTicket>) {
-        if ticket.is_none() {
-            self.outbox_untracked += 1;
-        }
-        self.outbox_bytes += bytes.len();
-        self.outbox.push_back(Waiting {
-            bytes,
-            _ticket: ticket,
-        });
-    }
-
-    /// Moves waiting deliveries into the write buffer while they fit (one into an
-    /// empty buffer, however large); returns whether any moved.
-    fn refill(&mut self) -> bool {
-        let limit = self.config.max_write_buffer;
-        let mut moved = false;
-        while let Some(next) = self.outbox.front() {
-            let buffered = self.framed.write_buffer().len();
-            if buffered > 0 && buffered + next.bytes.len() > limit {
-                break;
-            }
-            let Some(waiting) = self.outbox.pop_front() else {
-                break;
-            };
-            if waiting._ticket.is_none() {
-                self.outbox_untracked -= 1;
-            }
-            self.outbox_bytes -= waiting.bytes.len();
-            self.encoded_total += waiting.bytes.len() as u64;
-            let buffer = self.framed.write_buffer_mut();
-            if buffer.is_empty() {
-                *buffer = waiting.bytes;
-            } else {
-                buffer.extend_from_slice(&waiting.bytes);
-            }
-            moved = true;
-            // The ticket drops here: the sender's queue has room for one more.
-        }
-        moved
     }
 
     fn start_call(&mut self, call: Call<P>) -> Started<P> {
@@ -961,10 +849,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         }
         self.gauge.set_closing();
         // Deliveries still waiting for room are lost with the connection: counted.
-        self.stats.deliveries_dropped += self.outbox.len() as u64;
-        self.outbox.clear();
-        self.outbox_bytes = 0;
-        self.outbox_untracked = 0;
+        self.stats.deliveries_dropped += self.outbox.clear() as u64;
         let failed = self.pending.borrow_mut().fail_all(&reason)
             + self
                 .queued
