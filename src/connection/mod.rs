@@ -418,13 +418,16 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                 return Started::Refused(CallError::Overloaded(overload));
             }
             self.timer_deadline = self.timer_deadline.min(deadline);
-            return Started::Queued(QueuedCall {
-                request: call.request,
-                deadline,
-                timeout,
-                blocking,
-                sender: None,
-            });
+            return Started::Queued(
+                QueuedCall {
+                    request: call.request,
+                    deadline,
+                    timeout,
+                    blocking,
+                    sender: None,
+                },
+                self.queued.clone(),
+            );
         }
         match self.write_call(call.request) {
             Ok(id) => {
@@ -949,14 +952,14 @@ impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
 ///
 /// Returning this instead of a future means a call allocates no extra channel and
 /// spawns nothing: the reply goes straight from the reader to the caller.
-pub struct CallReply<P: Protocol>(Started<P>, Rc<RefCell<QueuedCalls<P>>>);
+pub struct CallReply<P: Protocol>(Started<P>);
 
 /// What became of a call when its handler ran.
 enum Started<P: Protocol> {
     /// Its request is in the write buffer.
     Written(WrittenCall<P::Reply>),
-    /// It waits for room (`max_waiting_calls`).
-    Queued(QueuedCall<P>),
+    /// It waits for room (`max_waiting_calls`), to be filed in this queue.
+    Queued(QueuedCall<P>, Rc<RefCell<QueuedCalls<P>>>),
     /// It failed at once.
     Refused(CallError),
 }
@@ -1015,9 +1018,9 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, Call<P>> for C
                 call.blocking,
                 tx,
             ),
-            Started::Queued(mut call) => {
+            Started::Queued(mut call, queue) => {
                 call.sender = tx;
-                self.1.borrow_mut().push(call);
+                queue.borrow_mut().push(call);
             }
             Started::Refused(error) => refuse(tx, error),
         }
@@ -1051,7 +1054,7 @@ impl<T: Transport, P: Protocol> Handler<Call<P>> for Connection<T, P> {
         if let Started::Refused(error) = &started {
             self.metrics.call_error(error);
         }
-        CallReply(started, self.queued.clone())
+        CallReply(started)
     }
 }
 

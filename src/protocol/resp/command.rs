@@ -230,6 +230,13 @@ impl Command {
             "WAITAOF",
         ];
         let name = self.name();
+        // Every call asks: answer the common case from the first letter.
+        if !matches!(
+            name.first().map(u8::to_ascii_uppercase),
+            Some(b'B' | b'W' | b'X')
+        ) {
+            return false;
+        }
         if BLOCKING
             .into_iter()
             .any(|known| known.as_bytes().eq_ignore_ascii_case(name))
