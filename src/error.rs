@@ -89,6 +89,13 @@ pub enum Overload {
         /// The configured `max_write_buffer`.
         limit: usize,
     },
+    /// `max_in_flight` calls are in flight and `max_waiting_calls` more already wait
+    /// for room.
+    #[error("{limit} calls already waiting for room")]
+    Waiting {
+        /// The configured `max_waiting_calls`.
+        limit: usize,
+    },
 }
 
 /// Why a connection stopped. Every call pending at that moment fails with
@@ -138,6 +145,16 @@ pub enum CloseReason {
         /// The limit it reached.
         limit: usize,
     },
+    /// The peer took none of the bytes waiting for it for the heartbeat timeout: it
+    /// stopped reading (though it may still be sending, which keeps the heartbeat
+    /// content).
+    #[error("write stalled: {buffered} bytes not taken by the peer for {stalled_for:?}")]
+    WriteStalled {
+        /// How long the write buffer had made no progress.
+        stalled_for: Duration,
+        /// Bytes waiting to be written.
+        buffered: usize,
+    },
     /// The actor stopped for another reason (its system or arbiter shut down, or the
     /// actor's mailbox closed before the call was handled).
     #[error("connection actor stopped")]
@@ -157,6 +174,7 @@ impl CloseReason {
             Self::Decode(_) => "decode",
             Self::Protocol(_) => "protocol",
             Self::SlowConsumer { .. } => "slow_consumer",
+            Self::WriteStalled { .. } => "write_stalled",
             Self::Stopped => "stopped",
         }
     }

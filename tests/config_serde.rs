@@ -160,6 +160,7 @@ fn toml_round_trips() {
     let connection = ConnectionConfig::builder()
         .call_timeout(Duration::from_millis(750))
         .max_in_flight(12)
+        .max_waiting_calls(100)
         .build()
         .unwrap();
     let back = connection_from_toml(&toml::to_string(&connection).unwrap()).unwrap();

@@ -337,3 +337,74 @@ async fn dropping_the_last_address_of_an_idle_connection_closes_it_promptly() {
     );
     peer.expect_closed(WAIT).await;
 }
+
+/// Issue 15, item 13 (docs/reliability.md T13): the earliest deadline wins. Shapes: a
+/// second `Close` shorter than the first, and longer; calls in flight that the peer
+/// never answers, so only the deadline can end the close.
+#[actix::test]
+async fn a_second_close_with_a_shorter_timeout_ends_at_its_own_deadline() {
+    tokio::time::pause();
+    for (first, second) in [
+        (Duration::from_secs(60), Duration::from_secs(1)),
+        (Duration::from_secs(3600), Duration::from_millis(10)),
+        (Duration::MAX, Duration::from_secs(2)),
+        // A longer second close does not extend the first one.
+        (Duration::from_secs(1), Duration::from_secs(60)),
+    ] {
+        let Setup {
+            addr,
+            mut peer,
+            mut events,
+            ..
+        } = connect(ConnectionConfig::default()).await;
+        let results = spawn_calls(&addr, (0..3).map(numbered));
+        peer.expect_frames(3, WAIT).await;
+
+        let start = Instant::now();
+        let first_close = actix_rt::spawn(addr.send(Close {
+            timeout: Some(first),
+        }));
+        // The first close is under way before the second one comes.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let second_close = actix_rt::spawn(addr.send(Close {
+            timeout: Some(second),
+        }));
+        let earliest = first.min(second + Duration::from_millis(1));
+
+        // Fails here if the close waits out the later deadline.
+        let reason = next_closed(&mut events).await;
+        let closed_after = start.elapsed();
+        assert!(
+            closed_after >= earliest.min(Duration::from_secs(3600))
+                && closed_after < earliest + Duration::from_millis(100),
+            "({first:?}, {second:?}): closed after {closed_after:?}, expected {earliest:?}"
+        );
+        let after = first.min(second);
+        assert!(
+            matches!(reason, CloseReason::CloseTimeout { after: a } if a == after),
+            "({first:?}, {second:?}): {reason:?}"
+        );
+        // Both closers hear the one reason; every call fails once with it.
+        for close in [first_close, second_close] {
+            let heard = tokio::time::timeout(WAIT, close)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(heard, CloseReason::CloseTimeout { after: a } if a == after),
+                "{heard:?}"
+            );
+        }
+        for result in finish(results).await {
+            assert!(
+                matches!(
+                    closed_reason(&result),
+                    Some(CloseReason::CloseTimeout { .. })
+                ),
+                "{result:?}"
+            );
+        }
+        assert_no_more_events(&mut events).await;
+    }
+}

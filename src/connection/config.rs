@@ -37,6 +37,8 @@ pub struct ConnectionConfig {
     pub(crate) max_write_buffer: usize,
     /// How long a graceful close waits for calls in flight, when `Close` gives no timeout.
     pub(crate) close_timeout: Duration,
+    /// Calls that may wait for room past `max_in_flight`; 0: none, `Overloaded` at once.
+    pub(crate) max_waiting_calls: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -48,6 +50,7 @@ impl Default for ConnectionConfig {
             max_in_flight: 4096,
             max_write_buffer: 4 * 1024 * 1024,
             close_timeout: Duration::from_secs(10),
+            max_waiting_calls: 0,
         }
     }
 }
@@ -84,6 +87,12 @@ impl ConnectionConfig {
         self.close_timeout
     }
 
+    /// Calls that may wait for room past `max_in_flight`; 0 means none (a call past
+    /// `max_in_flight` fails with `Overloaded` at once).
+    pub fn max_waiting_calls(&self) -> usize {
+        self.max_waiting_calls
+    }
+
     /// A builder starting from the defaults.
     pub fn builder() -> ConnectionConfigBuilder {
         ConnectionConfigBuilder {
@@ -100,7 +109,8 @@ pub struct ConnectionConfigBuilder {
 }
 
 impl ConnectionConfigBuilder {
-    /// Timeout of a call that does not set its own. Defaults to 30 seconds.
+    /// Timeout of a call (or a [`SendFrame`](crate::SendFrame)) that does not set its
+    /// own. Defaults to 30 seconds.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.config.call_timeout = timeout;
         self
@@ -114,7 +124,9 @@ impl ConnectionConfigBuilder {
     }
 
     /// The connection closes with `HeartbeatTimeout` when nothing has arrived from the
-    /// peer for this long; it must be longer than the heartbeat interval. Defaults to
+    /// peer for this long (not one byte: a frame arriving slowly keeps it open), and
+    /// with `WriteStalled` when bytes wait for the peer and it takes none of them for
+    /// this long; it must be longer than the heartbeat interval. Defaults to
     /// 30 seconds.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.config.heartbeat_timeout = timeout;
@@ -122,7 +134,9 @@ impl ConnectionConfigBuilder {
     }
 
     /// Calls awaiting a reply, at most (for in-order protocols, requests in the
-    /// pipeline, abandoned ones included). Defaults to 4096.
+    /// pipeline, abandoned ones included). Also bounds the [`Deliver`](crate::Deliver)ed
+    /// frames waiting for room in the write buffer that no sender's queue counts.
+    /// Defaults to 4096.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.config.max_in_flight = max;
         self
@@ -138,6 +152,22 @@ impl ConnectionConfigBuilder {
     /// names no timeout. Defaults to 10 seconds.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.config.close_timeout = timeout;
+        self
+    }
+
+    /// Calls that may wait for room past `max_in_flight`, first come first served, each
+    /// bounded by its own timeout (or `call_timeout`), after which it fails with
+    /// [`CallError::Timeout`](crate::CallError::Timeout). Past this many waiting, a call
+    /// fails at once with [`Overload::Waiting`](crate::Overload::Waiting). A waiting call
+    /// has not reached the wire: a graceful close fails it with
+    /// [`CallError::Closing`](crate::CallError::Closing), a connection that stops with
+    /// [`CallError::Closed`](crate::CallError::Closed). 0 keeps every call past
+    /// `max_in_flight` failing at once with [`Overload::InFlight`](crate::Overload::InFlight),
+    /// so that a caller with somewhere else to go (another connection, another server)
+    /// learns at once. A full write buffer is not waited for: a peer that does not
+    /// read is not a burst. Defaults to 0.
+    pub fn max_waiting_calls(mut self, max: usize) -> Self {
+        self.config.max_waiting_calls = max;
         self
     }
 
@@ -203,6 +233,7 @@ mod file {
         max_write_buffer: usize,
         #[serde(with = "humantime_serde")]
         close_timeout: Duration,
+        max_waiting_calls: usize,
     }
 
     impl Default for ConnectionConfigFile {
@@ -220,6 +251,7 @@ mod file {
                 max_in_flight: c.max_in_flight,
                 max_write_buffer: c.max_write_buffer,
                 close_timeout: c.close_timeout,
+                max_waiting_calls: c.max_waiting_calls,
             }
         }
     }
@@ -236,6 +268,7 @@ mod file {
                     max_in_flight: f.max_in_flight,
                     max_write_buffer: f.max_write_buffer,
                     close_timeout: f.close_timeout,
+                    max_waiting_calls: f.max_waiting_calls,
                 },
             }
             .build()

@@ -29,6 +29,9 @@ use crate::CloseReason;
 /// connection cannot starve its arbiter.
 const READ_BUDGET: usize = 1024;
 
+/// Flush-and-refill rounds per poll while deliveries wait for room (see `refill`).
+const REFILL_ROUNDS: usize = 8;
+
 /// Frames per poll above which the connection counts as busy.
 const BUSY_FRAMES: usize = 32;
 /// Spare read capacity a busy connection keeps, so a burst of replies comes in with
@@ -78,6 +81,7 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             }
         }
         let mut frames = 0;
+        let read_before = act.framed.get_ref().read();
         loop {
             match Pin::new(&mut act.framed).poll_next(task) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -102,14 +106,17 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
                 Poll::Pending => break,
             }
         }
-        if frames > 0 {
+        // Any bytes prove the peer alive, a whole frame or not: a large frame that
+        // arrives slowly must not be taken for silence.
+        if frames > 0 || act.framed.get_ref().read() != read_before {
             act.last_read = Instant::now();
         }
         this.busy = frames > BUSY_FRAMES;
 
         // Nobody holds an address any more, so no call can come: close gracefully
         // rather than keep a socket and its heartbeat alive for no one.
-        if !ctx.connected() {
+        // A close already under way keeps its own deadline.
+        if !ctx.connected() && act.closing.is_none() {
             act.begin_close(act.config.close_timeout);
         }
 
@@ -128,14 +135,50 @@ impl<T: Transport, P: Protocol> ActorFuture<Connection<T, P>> for Driver {
             }
         }
 
-        if this.flush_pending || !act.framed.write_buffer().is_empty() {
-            let flushed = Pin::new(&mut act.framed).poll_flush(task);
-            this.flush_pending = flushed.is_pending();
-            act.note_written();
-            if let Poll::Ready(Err(error)) = flushed {
-                act.shutdown(P::close_reason(error), ctx);
-                return Poll::Ready(());
+        // Calls waiting for room: replies read and calls timed out above made some.
+        if !act.queued.borrow().is_empty() {
+            act.admit_queued();
+        }
+
+        // Flush, and refill from the deliveries waiting for room while the transport
+        // takes what is written; a few rounds per poll, then let other work run.
+        let mut rounds = 0;
+        loop {
+            if this.flush_pending || !act.framed.write_buffer().is_empty() {
+                let written_before = act.framed.get_ref().written();
+                let flushed = Pin::new(&mut act.framed).poll_flush(task);
+                this.flush_pending = flushed.is_pending();
+                let progressed = act.framed.get_ref().written() != written_before;
+                act.note_written(progressed, this.flush_pending);
+                if let Poll::Ready(Err(error)) = flushed {
+                    act.shutdown(P::close_reason(error), ctx);
+                    return Poll::Ready(());
+                }
+                // A stall that just began may need the timer sooner than it is armed.
+                if act.timer_deadline < this.armed {
+                    this.armed = act.timer_deadline;
+                    this.sleep.as_mut().reset(this.armed);
+                    if this.sleep.as_mut().poll(task).is_ready() {
+                        task.waker().wake_by_ref();
+                    }
+                }
             }
+            if act.outbox.is_empty() || !act.refill() {
+                break;
+            }
+            rounds += 1;
+            if rounds == REFILL_ROUNDS {
+                task.waker().wake_by_ref();
+                break;
+            }
+        }
+
+        // Calls that waited for write-buffer room, which the flush just made.
+        if !act.queued.borrow().is_empty()
+            && act.framed.write_buffer().len() < act.config.max_write_buffer
+            && act.pending.borrow().depth() < act.config.max_in_flight
+        {
+            task.waker().wake_by_ref();
         }
 
         if act.is_drained() && !this.flush_pending {

@@ -37,12 +37,17 @@ impl fmt::Display for ConnectionId {
 /// Resolves exactly once: with the reply, the peer's error
 /// ([`CallError::Remote`]), [`CallError::Timeout`] after the call's timeout,
 /// [`CallError::Overloaded`] at once if the connection is full, or
-/// [`CallError::Closed`] if the connection stops first.
+/// [`CallError::Closed`] if the connection stops first. A connection configured with
+/// [`max_waiting_calls`](crate::ConnectionConfigBuilder::max_waiting_calls) keeps a
+/// call past `max_in_flight` waiting for room instead, within the call's timeout.
 pub struct Call<P: Protocol> {
     /// What to send.
     pub request: P::Request,
     /// This call's timeout, or `None` for the connection's `call_timeout`.
     pub timeout: Option<Duration>,
+    /// Whether the peer may hold the reply for long on purpose; see
+    /// [`blocking`](Self::blocking).
+    pub blocking: bool,
 }
 
 impl<P: Protocol> Call<P> {
@@ -51,6 +56,7 @@ impl<P: Protocol> Call<P> {
         Self {
             request: request.into(),
             timeout: None,
+            blocking: false,
         }
     }
 
@@ -60,12 +66,29 @@ impl<P: Protocol> Call<P> {
         self.timeout = Some(timeout);
         self
     }
+
+    /// Marks this call blocking: the peer may hold its reply for long on purpose (a
+    /// long poll, Redis's `BLPOP`), and on an in-order protocol everything after it,
+    /// the heartbeat's ping included, waits as long. While a blocking call is
+    /// outstanding, silence does not close the connection as a dead link and no
+    /// heartbeat ping is queued behind it on an in-order protocol; the call's own
+    /// timeout bounds the wait, so give it one longer than the block. Once no blocking
+    /// call is outstanding, silence is judged again from the last bytes read.
+    ///
+    /// The protocol may mark calls itself ([`Protocol::is_blocking`]): RESP marks
+    /// Redis's blocking commands.
+    #[must_use]
+    pub fn blocking(mut self) -> Self {
+        self.blocking = true;
+        self
+    }
 }
 
 impl<P: Protocol> fmt::Debug for Call<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Call")
             .field("timeout", &self.timeout)
+            .field("blocking", &self.blocking)
             .finish_non_exhaustive()
     }
 }
@@ -77,23 +100,45 @@ impl<P: Protocol> Message for Call<P> {
 /// Writes one frame that expects no reply (fire-and-forget), and resolves once the
 /// frame has been handed to the transport, or with the reason it was not.
 ///
+/// Resolves exactly once: `Ok` once the transport took the frame's last byte;
+/// [`CallError::Timeout`] if it has not by the send's timeout (its own, or the
+/// connection's `call_timeout`); [`CallError::Overloaded`] at once if the write buffer
+/// is full; [`CallError::Closed`] if the connection stops first. A send that timed out
+/// is not taken back: its bytes are in the write buffer and go out if the peer starts
+/// reading again (as a timed-out call's request does).
+///
 /// The frame is written as it is: under a protocol that correlates by id it must not
 /// be a request, or its reply would arrive for an id nobody asked for.
 pub struct SendFrame<P: Protocol> {
     /// The frame to write.
     pub frame: P::Frame,
+    /// How long to wait for the transport to take the frame, or `None` for the
+    /// connection's `call_timeout`.
+    pub timeout: Option<Duration>,
 }
 
 impl<P: Protocol> SendFrame<P> {
-    /// A send of `frame`.
+    /// A send of `frame`, with the connection's `call_timeout`.
     pub fn new(frame: P::Frame) -> Self {
-        Self { frame }
+        Self {
+            frame,
+            timeout: None,
+        }
+    }
+
+    /// This send with its own timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 }
 
 impl<P: Protocol> fmt::Debug for SendFrame<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendFrame").finish_non_exhaustive()
+        f.debug_struct("SendFrame")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,10 +150,23 @@ impl<P: Protocol> Message for SendFrame<P> {
 /// peer's request), without telling the sender how it went: for a server that writes
 /// to many peers and must never wait for a slow one.
 ///
-/// If the frame does not fit the write buffer, `overflow` says what happens: the frame
-/// is dropped (and counted in [`ConnectionStats::deliveries_dropped`]), or the
-/// connection closes with [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer).
-/// A connection that is closing drops it.
+/// If the frame does not fit the write buffer (`max_write_buffer`), it waits, encoded
+/// and in order with the other deliveries, and goes into the buffer as the peer takes
+/// bytes: a batch of answers larger than the buffer reaches a peer that reads. What
+/// waits is bounded: deliveries from a [`ServerBroker`](crate::server::ServerBroker)
+/// by its `subscriber_queue` (each keeps its place in that queue until it is in the
+/// write buffer), others by `max_in_flight`. Past that bound `overflow` says what
+/// happens: the frame is dropped (and counted in
+/// [`ConnectionStats::deliveries_dropped`]), or the connection closes with
+/// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer). A peer that takes
+/// nothing at all is closed with
+/// [`CloseReason::WriteStalled`](crate::CloseReason::WriteStalled) after
+/// `heartbeat_timeout`. A connection that is closing drops new deliveries (and one
+/// that stops drops those still waiting, counted in `deliveries_dropped`); a graceful
+/// close writes those already waiting first.
+///
+/// Deliveries keep their order among themselves; a [`Call`] or [`SendFrame`] handled
+/// while deliveries wait for room may go out before them.
 pub struct Deliver<P: Protocol> {
     /// The frame to write.
     pub frame: P::Frame,
@@ -141,7 +199,8 @@ impl<P: Protocol> Message for Deliver<P> {
     type Result = ();
 }
 
-/// What happens to a [`Deliver`] (or a subscriber's message) that does not fit.
+/// What happens to a [`Deliver`] (or a subscriber's message) that does not fit what
+/// may wait for the peer.
 ///
 /// In a config file (feature `serde`): `"drop"` or `"close"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -213,6 +272,9 @@ impl<P: Protocol> Message for Incoming<P> {
 /// Closes gracefully: new calls fail with [`CallError::Closing`], calls in flight get
 /// their replies until the timeout, then the connection closes. Resolves with the
 /// reason the connection closed.
+///
+/// A `Close` sent while a close is under way joins it, and the earliest deadline wins:
+/// a shorter timeout brings the end forward, a longer one does not extend it.
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "CloseReason")]
 pub struct Close {
@@ -281,9 +343,14 @@ pub struct ConnectionStats {
     pub requests: u64,
     /// Requests from the peer refused because the request recipient was full or gone.
     pub requests_refused: u64,
-    /// [`Deliver`]ed frames dropped because the write buffer was full or the
-    /// connection was closing.
+    /// [`Deliver`]ed frames dropped: past the bound on what waits for the peer (under
+    /// [`Overflow::Drop`]), not encodable, or the connection was closing or stopped.
     pub deliveries_dropped: u64,
+    /// [`Deliver`]ed frames waiting for room in the write buffer.
+    pub queued_deliveries: usize,
+    /// Calls waiting for room past `max_in_flight` (see
+    /// [`max_waiting_calls`](crate::ConnectionConfigBuilder::max_waiting_calls)).
+    pub queued_calls: usize,
 }
 
 /// What a Connection tells its supervisor (the Pool, or a probe in tests).

@@ -1,9 +1,12 @@
 //! The Connection actor; its contract is documented on [`Connection`].
 
 mod config;
+mod counted;
 mod driver;
 mod messages;
+mod outbox;
 mod pending;
+mod queued;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -33,8 +36,11 @@ use crate::metrics::ConnectionMetrics;
 use crate::protocol::{Correlation, Inbound, Protocol};
 use crate::transport::Transport;
 use crate::{CallError, CloseReason, Overload};
+use counted::Counted;
 use driver::Driver;
+use outbox::Outbox;
 use pending::{Matched, PendingCalls};
+use queued::{QueuedCall, QueuedCalls};
 
 /// Bytes a connection's read buffer starts with; its write buffer starts empty and
 /// allocates on the first write. An idle connection needs little more (a heartbeat
@@ -57,7 +63,8 @@ const INITIAL_READ_BUFFER: usize = 512;
 ///   order as the [`Protocol`] says; per-call timeout; `Overloaded` past
 ///   `max_in_flight` or `max_write_buffer`.
 /// - [`SendFrame`] → `Result<(), CallError>`: fire-and-forget, resolved once the
-///   transport has taken the bytes, or failed if the connection stops first.
+///   transport has taken the bytes, with `Timeout` if it has not by the send's timeout,
+///   or failed if the connection stops first.
 /// - [`Close`] (graceful) and [`Abort`] → the [`CloseReason`]; [`GetStats`].
 ///
 /// # States
@@ -71,10 +78,14 @@ const INITIAL_READ_BUFFER: usize = 512;
 /// [`ConnectionEvent::Closed`].
 ///
 /// # Heartbeat
-/// Any inbound frame proves the peer alive. After `heartbeat_interval` of silence the
+/// Any bytes from the peer prove it alive, a whole frame or only a piece of one (a
+/// large frame arriving slowly is not silence). After `heartbeat_interval` of silence the
 /// connection sends a ping and measures the round trip ([`ConnectionEvent::Rtt`]); after
 /// `heartbeat_timeout` of silence it closes with [`CloseReason::HeartbeatTimeout`],
 /// which is how a half-open link is found. The peer's pings are answered at once.
+/// A peer that keeps sending but reads nothing is found by the write side instead:
+/// bytes waiting that the transport has taken none of for `heartbeat_timeout` close
+/// the connection with [`CloseReason::WriteStalled`].
 ///
 /// # Who talks to it
 /// Callers send it messages (through an `Addr`, or a Pool later); it tells its
@@ -85,8 +96,10 @@ pub struct Connection<T: Transport, P: Protocol> {
     peer: Arc<str>,
     protocol: P,
     config: ConnectionConfig,
-    framed: Framed<T, P::Codec>,
+    framed: Framed<Counted<T>, P::Codec>,
     pending: Rc<RefCell<PendingCalls<P::Reply>>>,
+    /// Calls waiting for room past `max_in_flight` (see `max_waiting_calls`).
+    queued: Rc<RefCell<QueuedCalls<P>>>,
     /// Published load and state, for a Pool on another thread.
     gauge: InFlightGauge,
     events: Option<Recipient<ConnectionEvent>>,
@@ -97,8 +110,13 @@ pub struct Connection<T: Transport, P: Protocol> {
     /// Bytes ever encoded into the write buffer; with the buffer's length this says how
     /// far the transport has taken them, which completes `SendFrame`s.
     encoded_total: u64,
-    /// When the last inbound frame arrived.
+    /// When bytes last arrived from the peer (any bytes, a whole frame or not).
     last_read: Instant,
+    /// Delivered frames waiting for room in the write buffer (see `outbox.rs`).
+    outbox: Outbox,
+    /// Since when bytes have been waiting for the transport without it taking any;
+    /// `None` while nothing waits. Set and cleared by the driver after each flush.
+    write_stalled_since: Option<Instant>,
     /// The outstanding heartbeat ping: its id and when it was sent.
     ping: Option<(u64, Instant)>,
     /// Who asked for the outstanding ping's round trip ([`Ping`]).
@@ -145,6 +163,8 @@ impl<T: Transport, P: Protocol> fmt::Debug for Connection<T, P> {
             .field("id", &self.id)
             .field("peer", &self.peer)
             .field("in_flight", &self.pending.borrow().waiting())
+            .field("queued_deliveries", &self.outbox.len())
+            .field("queued_delivery_bytes", &self.outbox.bytes())
             .field("close_reason", &self.close_reason)
             .finish_non_exhaustive()
     }
@@ -251,8 +271,11 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             id,
             peer,
             framed: {
-                let mut framed =
-                    Framed::with_capacity(self.io, self.protocol.codec(), INITIAL_READ_BUFFER);
+                let mut framed = Framed::with_capacity(
+                    Counted::new(self.io),
+                    self.protocol.codec(),
+                    INITIAL_READ_BUFFER,
+                );
                 // Written only when there is something to write.
                 *framed.write_buffer_mut() = BytesMut::new();
                 framed
@@ -263,6 +286,7 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
                 self.config.max_in_flight,
                 self.gauge.clone(),
             ))),
+            queued: Rc::new(RefCell::new(QueuedCalls::new())),
             gauge: self.gauge,
             config: self.config,
             events: self.events,
@@ -271,6 +295,8 @@ impl<T: Transport, P: Protocol> ConnectionBuilder<T, P> {
             next_id: 1,
             encoded_total: 0,
             last_read: now,
+            write_stalled_since: None,
+            outbox: Outbox::default(),
             ping: None,
             ping_waiters: Vec::new(),
             next_ping_id: 1,
@@ -327,6 +353,7 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         self.closing.is_some()
             && self.pending.borrow().is_idle()
             && self.framed.write_buffer().is_empty()
+            && self.outbox.is_empty()
     }
 
     /// Refuses new work once the connection is closing or closed.
@@ -369,28 +396,102 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         Ok(())
     }
 
-    fn start_call(&mut self, call: Call<P>) -> Result<WrittenCall<P::Reply>, CallError> {
-        self.admit()?;
-        let limit = self.config.max_in_flight;
-        if self.pending.borrow().depth() >= limit {
-            self.stats.overloaded += 1;
-            return Err(CallError::Overloaded(Overload::InFlight { limit }));
+    fn start_call(&mut self, call: Call<P>) -> Started<P> {
+        if let Err(error) = self.admit() {
+            return Started::Refused(error);
         }
+        let timeout = call.timeout.unwrap_or(self.config.call_timeout);
+        let deadline = later(self.batch_now(), timeout);
+        let blocking = call.blocking || self.protocol.is_blocking(&call.request);
+        let limit = self.config.max_in_flight;
+        let queued = self.queued.borrow().len();
+        // Behind calls already waiting, first come first served, even if room freed.
+        if queued > 0 || self.pending.borrow().depth() >= limit {
+            let max_waiting = self.config.max_waiting_calls;
+            if queued >= max_waiting {
+                self.stats.overloaded += 1;
+                let overload = if max_waiting == 0 {
+                    Overload::InFlight { limit }
+                } else {
+                    Overload::Waiting { limit: max_waiting }
+                };
+                return Started::Refused(CallError::Overloaded(overload));
+            }
+            self.timer_deadline = self.timer_deadline.min(deadline);
+            return Started::Queued(
+                QueuedCall {
+                    request: call.request,
+                    deadline,
+                    timeout,
+                    blocking,
+                    sender: None,
+                },
+                self.queued.clone(),
+            );
+        }
+        match self.write_call(call.request) {
+            Ok(id) => {
+                self.timer_deadline = self.timer_deadline.min(deadline);
+                Started::Written(WrittenCall {
+                    id,
+                    deadline,
+                    timeout,
+                    blocking,
+                    pending: self.pending.clone(),
+                })
+            }
+            Err(error) => Started::Refused(error),
+        }
+    }
+
+    /// Encodes a call's request with the next id; returns the id.
+    fn write_call(&mut self, request: P::Request) -> Result<u64, CallError> {
         let id = self.next_id;
-        let written = self.write(self.protocol.request(id, call.request));
+        let written = self.write(self.protocol.request(id, request));
         self.count_refusal(&written);
         written?;
         self.next_id += 1;
-        let timeout = call.timeout.unwrap_or(self.config.call_timeout);
-        let deadline = later(self.batch_now(), timeout);
-        self.timer_deadline = self.timer_deadline.min(deadline);
         self.stats.calls += 1;
-        Ok(WrittenCall {
-            id,
-            deadline,
-            timeout,
-            pending: self.pending.clone(),
-        })
+        Ok(id)
+    }
+
+    /// Sends waiting calls, longest waiting first, while there is room in flight and
+    /// in the write buffer.
+    fn admit_queued(&mut self) {
+        loop {
+            if self.pending.borrow().depth() >= self.config.max_in_flight
+                || self.framed.write_buffer().len() >= self.config.max_write_buffer
+            {
+                return;
+            }
+            let Some(call) = self.queued.borrow_mut().pop() else {
+                return;
+            };
+            if call.is_abandoned() {
+                // Its caller is gone: nobody wants it sent.
+                continue;
+            }
+            let QueuedCall {
+                request,
+                deadline,
+                timeout,
+                blocking,
+                sender,
+            } = call;
+            match self.write_call(request) {
+                Ok(id) => self
+                    .pending
+                    .borrow_mut()
+                    .insert(id, deadline, timeout, blocking, sender),
+                Err(error) => {
+                    // A request that would cross the write buffer's cap.
+                    self.metrics.call_error(&error);
+                    if let Some(sender) = sender {
+                        let _ = sender.send(Err(error));
+                    }
+                }
+            }
+        }
     }
 
     /// The time at the start of the current mailbox batch. Actix handles a batch of
@@ -410,22 +511,42 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     }
 
     /// Enters `Closing`: new calls are refused, and the driver closes the connection
-    /// once nothing is in flight, or when `after` runs out.
+    /// once nothing is in flight, or when `after` runs out. Already closing, the
+    /// earliest deadline wins: a second close may shorten the wait, never extend it.
     fn begin_close(&mut self, after: Duration) {
-        if self.closing.is_none() {
-            self.gauge.set_closing();
-            self.emit(ConnectionEvent::Closing { id: self.id });
-            let deadline = later(Instant::now(), after);
-            self.closing = Some((deadline, after));
-            self.timer_deadline = self.timer_deadline.min(deadline);
-            tracing::debug!(parent: &self.span, ?after, "closing");
+        let deadline = later(Instant::now(), after);
+        match self.closing {
+            None => {
+                self.gauge.set_closing();
+                self.emit(ConnectionEvent::Closing { id: self.id });
+                tracing::debug!(parent: &self.span, ?after, "closing");
+            }
+            Some((earlier, _)) if earlier <= deadline => return,
+            Some(_) => tracing::debug!(parent: &self.span, ?after, "closing sooner"),
         }
+        // Calls waiting for room never reached the wire: refused as new calls are.
+        let refused = self.queued.borrow_mut().fail_all(&CallError::Closing);
+        self.metrics.failed_by_close(refused);
+        self.closing = Some((deadline, after));
+        self.timer_deadline = self.timer_deadline.min(deadline);
     }
 
-    /// Notes how far the transport has taken the write buffer, completing sends.
-    fn note_written(&mut self) {
+    /// Notes how far the transport has taken the write buffer, completing sends, and
+    /// whether the write side is making progress: `progressed` says the transport took
+    /// bytes in this flush, `waiting` that bytes are still waiting for it.
+    fn note_written(&mut self, progressed: bool, waiting: bool) {
         let written = self.encoded_total - self.framed.write_buffer().len() as u64;
         self.pending.borrow_mut().flushed(written);
+        if !waiting {
+            self.write_stalled_since = None;
+        } else if progressed || self.write_stalled_since.is_none() {
+            let now = Instant::now();
+            self.write_stalled_since = Some(now);
+            // The stall is judged by the timer: make sure it fires by then.
+            self.timer_deadline = self
+                .timer_deadline
+                .min(later(now, self.config.heartbeat_timeout));
+        }
     }
 
     fn on_frame(&mut self, frame: P::Frame, ctx: &mut Context<Self>) {
@@ -572,7 +693,12 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
     /// Runs when the timer fires: call timeouts, heartbeat, close timeout. Returns when
     /// to fire next, or `None` if the connection stopped.
     fn on_timer(&mut self, now: Instant, ctx: &mut Context<Self>) -> Option<Instant> {
-        let (expired, next_call) = self.pending.borrow_mut().expire(now);
+        let (mut expired, mut next_call) = self.pending.borrow_mut().expire(now);
+        let (expired_queued, next_queued) = self.queued.borrow_mut().expire(now);
+        expired += expired_queued;
+        if let Some(deadline) = next_queued {
+            next_call = Some(next_call.map_or(deadline, |n: Instant| n.min(deadline)));
+        }
         if expired > 0 {
             self.stats.timeouts += expired;
             self.metrics.timed_out(expired);
@@ -592,9 +718,29 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         let interval = self.config.heartbeat_interval;
         let timeout = self.config.heartbeat_timeout;
         let silent_for = now - self.last_read;
-        if silent_for >= timeout {
+        // A blocking call outstanding: the peer may be silent on purpose, and on an
+        // in-order protocol even a ping would wait behind it. The call's own timeout
+        // bounds the wait; the verdict on silence resumes once none is outstanding.
+        let blocked = self.pending.borrow().blocking() > 0;
+        if silent_for >= timeout && !blocked {
             self.shutdown(CloseReason::HeartbeatTimeout { silent_for }, ctx);
             return None;
+        }
+        // A peer that keeps sending but reads nothing is not silent; it is found by
+        // its write side: bytes it has not taken for as long as the heartbeat timeout.
+        if let Some(since) = self.write_stalled_since {
+            let stalled_for = now - since;
+            if stalled_for >= timeout {
+                let buffered = self.framed.write_buffer().len();
+                self.shutdown(
+                    CloseReason::WriteStalled {
+                        stalled_for,
+                        buffered,
+                    },
+                    ctx,
+                );
+                return None;
+            }
         }
         // Under id correlation a ping unanswered for a whole timeout while other frames
         // kept arriving is presumed lost; the next quiet spell sends a fresh one.
@@ -606,11 +752,16 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
                 }
             }
         }
-        if self.ping.is_none() && silent_for >= interval {
+        let ping_waits_behind = blocked && self.protocol.correlation() == Correlation::InOrder;
+        if self.ping.is_none() && silent_for >= interval && !ping_waits_behind {
             // A ping that does not fit means the peer is not reading; silence will tell.
             let _ = self.send_ping(now);
         }
-        let next_heartbeat = if self.ping.is_some() {
+        let next_heartbeat = if blocked {
+            // Nothing to judge until the blocking calls end (their deadlines are in
+            // `next_call`); look again in an interval, never at a deadline passed.
+            later(now, interval)
+        } else if self.ping.is_some() {
             later(self.last_read, timeout)
         } else if silent_for >= interval {
             // The ping did not fit: the peer is not reading. Try again in an interval,
@@ -621,6 +772,9 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
         };
 
         let mut next = next_heartbeat;
+        if let Some(since) = self.write_stalled_since {
+            next = next.min(later(since, timeout));
+        }
         if let Some(deadline) = next_call {
             next = next.min(deadline);
         }
@@ -697,7 +851,13 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             return false;
         }
         self.gauge.set_closing();
-        let failed = self.pending.borrow_mut().fail_all(&reason);
+        // Deliveries still waiting for room are lost with the connection: counted.
+        self.stats.deliveries_dropped += self.outbox.clear() as u64;
+        let failed = self.pending.borrow_mut().fail_all(&reason)
+            + self
+                .queued
+                .borrow_mut()
+                .fail_all(&CallError::Closed(reason.clone()));
         self.metrics.failed_by_close(failed);
         self.metrics.closed(&reason);
         match &reason {
@@ -740,6 +900,8 @@ impl<T: Transport, P: Protocol> Connection<T, P> {
             requests: c.requests,
             requests_refused: c.requests_refused,
             deliveries_dropped: c.deliveries_dropped,
+            queued_deliveries: self.outbox.len(),
+            queued_calls: self.queued.borrow().len(),
         }
     }
 }
@@ -792,7 +954,17 @@ impl<T: Transport, P: Protocol> Actor for Connection<T, P> {
 ///
 /// Returning this instead of a future means a call allocates no extra channel and
 /// spawns nothing: the reply goes straight from the reader to the caller.
-pub struct CallReply<P: Protocol>(Result<WrittenCall<P::Reply>, CallError>);
+pub struct CallReply<P: Protocol>(Started<P>);
+
+/// What became of a call when its handler ran.
+enum Started<P: Protocol> {
+    /// Its request is in the write buffer.
+    Written(WrittenCall<P::Reply>),
+    /// It waits for room (`max_waiting_calls`), to be filed in this queue.
+    Queued(QueuedCall<P>, Rc<RefCell<QueuedCalls<P>>>),
+    /// It failed at once.
+    Refused(CallError),
+}
 
 /// The reply of a [`SendFrame`] handler, like [`CallReply`].
 pub struct SendReply<P: Protocol>(Result<WrittenSend<P::Reply>, CallError>);
@@ -802,12 +974,15 @@ struct WrittenCall<R> {
     id: u64,
     deadline: Instant,
     timeout: Duration,
+    blocking: bool,
     pending: Rc<RefCell<PendingCalls<R>>>,
 }
 
 /// A send whose frame is in the write buffer, done once `offset` bytes are written.
 struct WrittenSend<R> {
     offset: u64,
+    deadline: Instant,
+    timeout: Duration,
     pending: Rc<RefCell<PendingCalls<R>>>,
 }
 
@@ -838,11 +1013,18 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, Call<P>> for C
     ) {
         match self.0 {
             // Filed even without a sender (`do_send`), so that its reply is expected.
-            Ok(call) => call
-                .pending
-                .borrow_mut()
-                .insert(call.id, call.deadline, call.timeout, tx),
-            Err(error) => refuse(tx, error),
+            Started::Written(call) => call.pending.borrow_mut().insert(
+                call.id,
+                call.deadline,
+                call.timeout,
+                call.blocking,
+                tx,
+            ),
+            Started::Queued(mut call, queue) => {
+                call.sender = tx;
+                queue.borrow_mut().push(call);
+            }
+            Started::Refused(error) => refuse(tx, error),
         }
     }
 }
@@ -854,7 +1036,11 @@ impl<T: Transport, P: Protocol> MessageResponse<Connection<T, P>, SendFrame<P>> 
         tx: Option<OneshotSender<Result<(), CallError>>>,
     ) {
         match self.0 {
-            Ok(send) => send.pending.borrow_mut().insert_flush(send.offset, tx),
+            Ok(send) => {
+                send.pending
+                    .borrow_mut()
+                    .insert_flush(send.offset, send.deadline, send.timeout, tx)
+            }
             Err(error) => refuse(tx, error),
         }
     }
@@ -866,27 +1052,35 @@ impl<T: Transport, P: Protocol> Handler<Call<P>> for Connection<T, P> {
     /// Encodes the request and files the call; the reply reaches the caller when the
     /// driver reads it, or an error when the call times out or the connection stops.
     fn handle(&mut self, call: Call<P>, _: &mut Context<Self>) -> CallReply<P> {
-        let written = self.start_call(call);
-        if let Err(error) = &written {
+        let started = self.start_call(call);
+        if let Started::Refused(error) = &started {
             self.metrics.call_error(error);
         }
-        CallReply(written)
+        CallReply(started)
     }
 }
 
 impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
     type Result = SendReply<P>;
 
-    /// Encodes the frame; the sender hears back once the transport took it.
+    /// Encodes the frame; the sender hears back once the transport took it, or when
+    /// the send's timeout runs out.
     fn handle(&mut self, send: SendFrame<P>, _: &mut Context<Self>) -> SendReply<P> {
         let result = self.admit().and_then(|()| self.write(send.frame));
         self.count_refusal(&result);
         if let Err(error) = &result {
             self.metrics.call_error(error);
         }
-        SendReply(result.map(|()| WrittenSend {
-            offset: self.encoded_total,
-            pending: self.pending.clone(),
+        let timeout = send.timeout.unwrap_or(self.config.call_timeout);
+        SendReply(result.map(|()| {
+            let deadline = later(self.batch_now(), timeout);
+            self.timer_deadline = self.timer_deadline.min(deadline);
+            WrittenSend {
+                offset: self.encoded_total,
+                deadline,
+                timeout,
+                pending: self.pending.clone(),
+            }
         }))
     }
 }
@@ -894,33 +1088,15 @@ impl<T: Transport, P: Protocol> Handler<SendFrame<P>> for Connection<T, P> {
 impl<T: Transport, P: Protocol> Handler<Deliver<P>> for Connection<T, P> {
     type Result = ();
 
-    /// Writes the frame if it fits; otherwise drops it or closes, as it says.
+    /// Writes the frame, or keeps it in order until the write buffer has room;
+    /// drops it or closes, as it says, only past the bound on what waits.
     fn handle(&mut self, deliver: Deliver<P>, ctx: &mut Context<Self>) {
-        let Deliver {
-            frame, overflow, ..
-        } = deliver;
         if self.admit().is_err() {
             self.stats.deliveries_dropped += 1;
             return;
         }
-        match self.write(frame) {
-            Ok(()) => {}
-            Err(CallError::Overloaded(Overload::WriteBuffer { buffered, limit }))
-                if overflow == Overflow::Close =>
-            {
-                self.stats.deliveries_dropped += 1;
-                self.shutdown(
-                    CloseReason::SlowConsumer {
-                        queued: buffered,
-                        limit,
-                    },
-                    ctx,
-                );
-            }
-            Err(error) => {
-                self.stats.deliveries_dropped += 1;
-                tracing::debug!(parent: &self.span, %error, "delivery dropped");
-            }
+        if let Some(reason) = self.deliver(deliver) {
+            self.shutdown(reason, ctx);
         }
     }
 }

@@ -34,6 +34,8 @@ struct Waiting<R> {
     sender: Option<ReplySender<R>>,
     deadline: Instant,
     timeout: Duration,
+    /// A blocking call: bounded by its own timeout, not by the heartbeat.
+    blocking: bool,
 }
 
 impl<R> Waiting<R> {
@@ -77,11 +79,24 @@ pub(crate) struct PendingCalls<R> {
     in_order: VecDeque<Slot<R>>,
     /// Calls waiting for a reply (abandoned ones and heartbeats excluded).
     waiting: usize,
+    /// Of those, the blocking ones.
+    blocking: usize,
     /// `waiting`, published for readers on other threads (a pool picking the least
     /// loaded connection, or checking a returned one is quiet).
     gauge: InFlightGauge,
-    /// Sends waiting until the transport has taken the bytes up to an offset.
-    flushes: VecDeque<(u64, Option<SendSender>)>,
+    /// Sends waiting until the transport has taken the bytes up to an offset, in
+    /// offset order.
+    flushes: VecDeque<Flush>,
+}
+
+/// A send waiting for the transport to take its bytes.
+struct Flush {
+    /// Done once the transport has taken this many bytes in all.
+    offset: u64,
+    deadline: Instant,
+    timeout: Duration,
+    /// `None` for a send made with `do_send`, or one that timed out.
+    sender: Option<SendSender>,
 }
 
 impl<R> PendingCalls<R> {
@@ -100,6 +115,7 @@ impl<R> PendingCalls<R> {
             stale_below: 0,
             in_order: VecDeque::new(),
             waiting: 0,
+            blocking: 0,
             flushes: VecDeque::new(),
         }
     }
@@ -118,6 +134,11 @@ impl<R> PendingCalls<R> {
         }
     }
 
+    /// Blocking calls waiting for a reply (abandoned ones excluded).
+    pub(crate) fn blocking(&self) -> usize {
+        self.blocking
+    }
+
     pub(crate) fn is_idle(&self) -> bool {
         self.waiting == 0 && self.flushes.is_empty()
     }
@@ -129,13 +150,16 @@ impl<R> PendingCalls<R> {
         id: u64,
         deadline: Instant,
         timeout: Duration,
+        blocking: bool,
         sender: Option<ReplySender<R>>,
     ) {
         let waiting = Waiting {
             sender,
             deadline,
             timeout,
+            blocking,
         };
+        self.blocking += usize::from(blocking);
         match self.correlation {
             Correlation::ById => {
                 self.by_id.insert(id, waiting);
@@ -167,6 +191,7 @@ impl<R> PendingCalls<R> {
             Correlation::ById => {
                 if let Some(waiting) = self.by_id.remove(&id) {
                     self.set_waiting(self.waiting - 1);
+                    self.blocking -= usize::from(waiting.blocking);
                     waiting.finish(result);
                     Matched::Delivered
                 } else if self.abandoned.remove(&id) {
@@ -183,6 +208,7 @@ impl<R> PendingCalls<R> {
             Correlation::InOrder => match self.in_order.pop_front() {
                 Some(Slot::Call { waiting, .. }) => {
                     self.set_waiting(self.waiting - 1);
+                    self.blocking -= usize::from(waiting.blocking);
                     waiting.finish(result);
                     Matched::Delivered
                 }
@@ -210,6 +236,7 @@ impl<R> PendingCalls<R> {
                 }
                 for id in ids {
                     if let Some(waiting) = self.by_id.remove(&id) {
+                        self.blocking -= usize::from(waiting.blocking);
                         let after = waiting.timeout;
                         waiting.finish(Err(CallError::Timeout { after }));
                         self.abandon(id);
@@ -218,6 +245,7 @@ impl<R> PendingCalls<R> {
                 }
             }
             Correlation::InOrder => {
+                let mut blocking = 0;
                 for slot in &mut self.in_order {
                     let Slot::Call { waiting, .. } = slot else {
                         continue;
@@ -227,6 +255,7 @@ impl<R> PendingCalls<R> {
                         else {
                             unreachable!("matched as a call above")
                         };
+                        blocking += usize::from(waiting.blocking);
                         let after = waiting.timeout;
                         waiting.finish(Err(CallError::Timeout { after }));
                         expired += 1;
@@ -234,9 +263,25 @@ impl<R> PendingCalls<R> {
                         next = Some(next.map_or(waiting.deadline, |n| n.min(waiting.deadline)));
                     }
                 }
+                self.blocking -= blocking;
             }
         }
         self.set_waiting(self.waiting - expired as usize);
+        // Sends: a timed-out one is told so and leaves the queue. Its bytes stay in
+        // the write buffer (a frame is never taken back half written).
+        self.flushes.retain_mut(|flush| {
+            if flush.deadline <= now {
+                if let Some(sender) = flush.sender.take() {
+                    let _ = sender.send(Err(CallError::Timeout {
+                        after: flush.timeout,
+                    }));
+                }
+                false
+            } else {
+                next = Some(next.map_or(flush.deadline, |n| n.min(flush.deadline)));
+                true
+            }
+        });
         (expired, next)
     }
 
@@ -259,22 +304,34 @@ impl<R> PendingCalls<R> {
         }
     }
 
-    /// Files a send that completes once the transport has taken `offset` bytes in all.
+    /// Files a send that completes once the transport has taken `offset` bytes in all,
+    /// or fails with `Timeout` at `deadline`.
     pub(crate) fn insert_flush(
         &mut self,
         offset: u64,
+        deadline: Instant,
+        timeout: Duration,
         sender: Option<OneshotSender<Result<(), CallError>>>,
     ) {
-        self.flushes.push_back((offset, sender));
+        self.flushes.push_back(Flush {
+            offset,
+            deadline,
+            timeout,
+            sender,
+        });
     }
 
     /// Completes the sends whose bytes the transport has taken.
     pub(crate) fn flushed(&mut self, written: u64) {
-        while let Some((offset, _)) = self.flushes.front() {
-            if *offset > written {
+        while let Some(flush) = self.flushes.front() {
+            if flush.offset > written {
                 break;
             }
-            if let Some((_, Some(sender))) = self.flushes.pop_front() {
+            if let Some(Flush {
+                sender: Some(sender),
+                ..
+            }) = self.flushes.pop_front()
+            {
                 let _ = sender.send(Ok(()));
             }
         }
@@ -294,13 +351,14 @@ impl<R> PendingCalls<R> {
                 failed += 1;
             }
         }
-        for (_, sender) in self.flushes.drain(..) {
-            if let Some(sender) = sender {
+        for flush in self.flushes.drain(..) {
+            if let Some(sender) = flush.sender {
                 let _ = sender.send(Err(CallError::Closed(reason.clone())));
             }
         }
         self.abandoned.clear();
         self.abandoned_order.clear();
+        self.blocking = 0;
         self.set_waiting(0);
         failed
     }

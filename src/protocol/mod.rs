@@ -104,6 +104,16 @@ pub trait Protocol: Clone + Unpin + 'static {
     /// What an inbound frame means.
     fn classify(&self, frame: Self::Frame) -> Inbound<Self>;
 
+    /// Whether the peer may hold `request`'s reply for long on purpose (a blocking
+    /// command): such a call is bounded by its own timeout, and while one is
+    /// outstanding the heartbeat does not take silence for a dead link (see
+    /// [`Call::blocking`](crate::Call::blocking), which marks any one call). Defaults to
+    /// `false`.
+    fn is_blocking(&self, request: &Self::Request) -> bool {
+        let _ = request;
+        false
+    }
+
     /// The frame that refuses a peer's `request` with `reason` (a server that cannot
     /// take it now), or `None` if the protocol has no way to say no, in which case
     /// the connection closes instead. Defaults to `None`.

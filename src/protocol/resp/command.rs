@@ -209,6 +209,50 @@ impl Command {
             .find(|known| known.as_bytes().eq_ignore_ascii_case(name))
     }
 
+    /// Whether redis may hold this command's reply until something happens or its
+    /// own timeout passes: `BLPOP`, `BRPOP`, `BRPOPLPUSH`, `BLMOVE`, `BLMPOP`,
+    /// `BZPOPMIN`, `BZPOPMAX`, `BZMPOP`, `WAIT`, `WAITAOF`, and `XREAD` or
+    /// `XREADGROUP` with the `BLOCK` option (before `STREAMS`: a stream named `BLOCK`
+    /// does not count). The Connection bounds such a call by its own timeout rather
+    /// than by the heartbeat (see [`Call::blocking`](crate::Call::blocking)), which
+    /// [`RespProtocol`](super::RespProtocol) applies to these commands by itself.
+    pub fn is_blocking(&self) -> bool {
+        const BLOCKING: [&str; 10] = [
+            "BLPOP",
+            "BRPOP",
+            "BRPOPLPUSH",
+            "BLMOVE",
+            "BLMPOP",
+            "BZPOPMIN",
+            "BZPOPMAX",
+            "BZMPOP",
+            "WAIT",
+            "WAITAOF",
+        ];
+        let name = self.name();
+        // Every call asks: answer the common case from the first letter.
+        if !matches!(
+            name.first().map(u8::to_ascii_uppercase),
+            Some(b'B' | b'W' | b'X')
+        ) {
+            return false;
+        }
+        if BLOCKING
+            .into_iter()
+            .any(|known| known.as_bytes().eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        if name.eq_ignore_ascii_case(b"XREAD") || name.eq_ignore_ascii_case(b"XREADGROUP") {
+            return self
+                .iter()
+                .skip(1)
+                .take_while(|arg| !arg.eq_ignore_ascii_case(b"STREAMS"))
+                .any(|arg| arg.eq_ignore_ascii_case(b"BLOCK"));
+        }
+        false
+    }
+
     /// `GET key`: the value, or nil.
     pub fn get(key: impl CommandArg) -> Self {
         Command::new("GET").arg(key)

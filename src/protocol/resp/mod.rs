@@ -165,6 +165,11 @@ impl Protocol for RespProtocol {
         RespFrame::Command(Command::ping())
     }
 
+    /// Redis's blocking commands ([`Command::is_blocking`]).
+    fn is_blocking(&self, command: &Command) -> bool {
+        command.is_blocking()
+    }
+
     fn classify(&self, frame: RespFrame) -> Inbound<Self> {
         match frame {
             RespFrame::Reply(value) => Inbound::Reply {
