@@ -305,14 +305,17 @@ async fn a_checkout_testing_silent_idle_connections_ends_within_checkout_timeout
 }
 
 // Finding: shared use asked for another connection on every call past the grow
-// threshold while one was still connecting, opening up to max_size at once.
+// threshold while one was still connecting, opening up to max_size at once. Since
+// issue 15 growth is what the load warrants (one connection per `grow_threshold`
+// of calls handed out), asked for once however many picks see it, and picks that
+// waited for a connect that failed are served by the open connection at once.
 #[actix::test]
-async fn shared_growth_opens_one_connection_at_a_time() {
+async fn shared_growth_asks_for_what_the_load_warrants_once() {
     tokio::time::pause();
     let config = config()
         .min_idle(1)
         .max_size(10)
-        .grow_threshold(1)
+        .grow_threshold(8)
         .connect_timeout(Duration::from_secs(1));
     let (server, connector, pool) = start_pool(config).await;
     let a = server.authority();
@@ -322,98 +325,37 @@ async fn shared_growth_opens_one_connection_at_a_time() {
     };
     let mut calls = vec![call(first.clone())];
     settle().await;
-    assert_eq!(first.in_flight(), 1, "loaded past grow_threshold");
 
-    // Connects hang: 20 shared calls ask for growth, one connect is under way.
+    // Connects hang: 22 more picks at once make 24 handles out (the first and its
+    // call's clone), which warrant 3 connections: two connects, asked for once.
     connector.set_gate(Gate::Hang);
     let attempts = connector.attempts();
-    for n in 0..20 {
-        let shared = within(WAIT, "shared", pool.shared(&a)).await.unwrap();
-        assert_eq!(shared.id(), first.id(), "the only connection");
-        calls.push(call(shared));
-        settle().await;
-        let now = status(&pool).await;
-        assert!(
-            only(&now).connecting <= 1,
-            "{} connects at once after {} shared calls: {now:#?}",
-            only(&now).connecting,
-            n + 1
-        );
-    }
-    assert_eq!(connector.attempts() - attempts, 1, "one growth connect");
+    let picks: Vec<_> = (0..22)
+        .map(|_| {
+            let (pool, a) = (pool.clone(), a.clone());
+            actix::spawn(async move { pool.shared(&a).await })
+        })
+        .collect();
+    settle().await;
+    let now = status(&pool).await;
+    assert_eq!(only(&now).connecting, 2, "{now:#?}");
+    assert_eq!(connector.attempts() - attempts, 2, "two growth connects");
 
-    // Connects work again: the hung one times out, and at most one more opens.
+    // The hung connects time out; the picks that waited for them are served by the
+    // open connection then, none failed.
+    for pick in picks {
+        let shared = within(WAIT, "shared", pick).await.unwrap().unwrap();
+        calls.push(call(shared));
+    }
     connector.set_gate(Gate::Open);
-    until(&pool, WAIT, |s| {
-        assert!(s.connecting <= 1, "{s:#?}");
-        calls.iter().all(|call| call.is_finished())
-    })
-    .await;
     for call in calls {
         let reply = within(WAIT, "shared call", call).await.unwrap();
         assert_eq!(&reply.expect("shared call answered")[..], b"sleep:3000");
     }
+    drop(first);
     let settled = finish_without_leaks(&pool, &server).await;
-    assert!(only(&settled).size <= 2, "{settled:#?}");
-    assert_eq!(settled.counters.connect_failures, 1);
-    assert_eq!(settled.counters.created, only(&settled).size as u64);
-    assert_eq!(server.accepted(), only(&settled).size);
-}
-
-// Finding: connections that a peer closed right after accepting them were replaced
-// after a constant backoff_base, a tight reconnect loop.
-#[actix::test]
-async fn a_peer_that_drops_every_connection_at_once_is_reconnected_to_with_exponential_backoff() {
-    tokio::time::pause();
-    let bed = TestBed::new();
-    let (server, connector) = (bed.server.clone(), bed.connector.clone());
-    let a = server.authority();
-    let backoff_max = Duration::from_secs(2);
-    let config = config()
-        .min_idle(1)
-        .max_size(1)
-        .backoff_base(Duration::from_millis(50))
-        .backoff_max(backoff_max);
-    let pool = bed.pool(config).start();
-
-    // The peer closes every connection it accepts, for 10 s.
-    let window = Duration::from_secs(10);
-    let peer = {
-        let server = server.clone();
-        actix::spawn(async move {
-            let end = Instant::now() + window;
-            while Instant::now() < end {
-                server.kill_all();
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
-    within(window + WAIT, "flapping peer", peer).await.unwrap();
-    let attempts = connector.attempts();
-    // A constant delay of backoff_base (jittered down to half of it) makes 200 or
-    // more attempts in 10 s; doubling from backoff_base up to backoff_max, about a
-    // dozen.
-    assert!(
-        attempts <= 20,
-        "{attempts} connects in {window:?}: no exponential backoff"
-    );
-    assert!(attempts >= 5, "{attempts}: the pool gave up");
-    let flapping = status(&pool).await;
-    assert_consistent(only(&flapping));
-    assert!(only(&flapping).size <= 1);
-
-    // The peer behaves again: the next connection stays, within backoff_max.
-    tokio::time::sleep(backoff_max + Duration::from_millis(100)).await;
-    checkout_and_echo(&pool, &a, "stays").await;
-    let settled = finish_without_leaks(&pool, &server).await;
-    assert_eq!(only(&settled).size, 1);
-    assert_eq!(settled.counters.created, server.accepted() as u64);
-    assert_eq!(
-        closed(&settled),
-        settled.counters.created - 1,
-        "{settled:#?}"
-    );
-    assert_eq!(server.accepted(), connector.attempts());
+    assert!(only(&settled).size <= 3, "{settled:#?}");
+    assert_eq!(settled.counters.created as usize, server.accepted());
 }
 
 // Finding: with min_idle == max_size there was never room for a replacement, so

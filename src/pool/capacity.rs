@@ -290,6 +290,9 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
                 error: error.clone(),
             });
         } else if !state.down {
+            // Shared waiters that wait for growth while connections are open are
+            // served by those now: the connect they waited for failed.
+            state.serve_shared_waiters_now(&group.authority);
             // Whoever waits longest hears why: the cause, not a bare timeout later
             // (even when this attempt was opened for `min_idle` rather than for it).
             state.fail_front_waiter(PoolError::Connect(error.clone()));

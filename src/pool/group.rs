@@ -485,7 +485,16 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     /// (a connection at its `max_in_flight` refuses or queues their calls as its
     /// config says) rather than left to time out.
     pub(crate) fn serve_shared_waiters(&mut self, authority: &Authority) {
-        if self.shared_waiters == 0 || self.connecting > 0 {
+        if self.connecting > 0 {
+            return;
+        }
+        self.serve_shared_waiters_now(authority);
+    }
+
+    /// Hands every shared waiter to the least loaded shared member now, whatever is
+    /// on its way: a connect just failed, so what is coming may not come.
+    pub(crate) fn serve_shared_waiters_now(&mut self, authority: &Authority) {
+        if self.shared_waiters == 0 {
             return;
         }
         let mut at = 0;
@@ -1076,6 +1085,10 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         }
         // Shared waiters take this member up to its fair share while more
         // connections are on their way for the rest; the last one takes them all.
+        // The share is of what was handed out (the waiters' claims are of the same
+        // kind): calls that long-held handles (ordered producers) have written since
+        // would otherwise make the share so large that the first new connection took
+        // every waiter.
         let share = if state.connecting == 0 {
             usize::MAX
         } else {
@@ -1083,7 +1096,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 .idle
                 .iter()
                 .filter(|idle| idle.member.shared.load(Ordering::Relaxed))
-                .map(|idle| idle.member.load())
+                .map(|idle| idle.member.handed())
                 .fold(0, usize::saturating_add);
             let connections = state
                 .idle
@@ -1093,7 +1106,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
                 + 1
                 + state.connecting;
             let demand = shared_load
-                .saturating_add(member.load())
+                .saturating_add(member.handed())
                 .saturating_add(state.shared_claims_waiting);
             self.limits.share(demand, connections)
         };
@@ -1108,7 +1121,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             }
             if shared_only
                 && matches!(state.waiters[at], Waiter::Shared { .. })
-                && member.load() >= share
+                && member.handed() >= share
             {
                 // Its share is taken; the next connection serves the rest.
                 at += 1;

@@ -959,7 +959,22 @@ impl Actor for ServerBroker {
         // timeout after it, and no more than once a second.
         let sweep = (self.config.topic_idle_timeout / 4)
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        ctx.run_interval(sweep, |this, _| this.reclaim());
+        let mut next_sweep = tokio::time::Instant::now() + sweep;
+        // Ticks each second: a running interval keeps an actor alive, so the tick
+        // also stops the broker within a second once nobody holds its address (the
+        // listener and every connection are gone), as it stopped before it had a
+        // sweep. The sweep itself runs at its own cadence.
+        ctx.run_interval(Duration::from_secs(1), move |this, ctx| {
+            if !ctx.connected() {
+                actix::ActorContext::stop(ctx);
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_sweep {
+                next_sweep = now + sweep;
+                this.reclaim();
+            }
+        });
     }
 }
 
