@@ -179,7 +179,7 @@ async fn empty_topics_are_reclaimed_and_a_returning_subscriber_is_told_what_it_m
         joined,
         Joined {
             missed: 2,
-            head: 1,
+            head: 3,
             incarnation
         },
         "told exactly what it missed"

@@ -20,8 +20,9 @@
 //! lost its connection subscribes again with the last number it saw and first gets
 //! what it missed, in order, then what comes next. The subscribe's answer comes
 //! first and is three big-endian `u64`s: how many messages were too old to replay,
-//! the number the pushes that follow continue from (the resume point, or the topic's
-//! last number for a first subscribe), and the topic's incarnation (random per life
+//! the number the pushes that follow continue from (the number resumed from plus
+//! those too old, or the topic's last number for a first subscribe), and the
+//! topic's incarnation (random per life
 //! of the topic). A client subscribing again sends the incarnation its numbers came
 //! from: a topic in another life (the server restarted, or the topic was reclaimed
 //! and its number forgotten), numbered from 1 again, then replays all it retained.
@@ -655,8 +656,9 @@ impl ServerBroker {
     /// that number came from), if given.
     ///
     /// The answer comes first and names the number the pushes that follow continue
-    /// from (`after`, or the head for a first subscribe), so the client takes the
-    /// replay as new messages. The replay itself is paced by `pump`.
+    /// from (`after` plus what was missed, or the head for a first subscribe), so
+    /// the client takes the replay as new messages. The replay itself is paced by
+    /// `pump`.
     fn join_topic(
         &mut self,
         connection: ConnectionId,
@@ -707,9 +709,13 @@ impl ServerBroker {
                 peer.catching_up.push_back(name);
             }
         }
+        // The pushes that follow go on from `from` plus what it missed: the number
+        // before the oldest one the replay sends. (A client checks that `missed`
+        // fits between the number it resumed from and this head.)
+        let head = from.saturating_add(missed);
         let mut answer = Vec::with_capacity(24);
         answer.extend_from_slice(&missed.to_be_bytes());
-        answer.extend_from_slice(&from.to_be_bytes());
+        answer.extend_from_slice(&head.to_be_bytes());
         answer.extend_from_slice(&incarnation.to_be_bytes());
         self.answer(connection, Frame::response(id, answer));
         if catching_up {
