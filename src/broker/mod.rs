@@ -29,7 +29,7 @@
 //!   ([`SubscriptionStatus`]), and retried with jittered backoff until it is live.
 //! - Unsubscribes reach the server: retried until acknowledged, within a bound, and
 //!   sent again (rate-limited) when a push shows the server still sends a topic
-//!   nobody here subscribes to; see `unsubscribes.rs`.
+//!   nobody here subscribes to (docs/broker.md, "Building a client").
 //! - Bounds: `max_unconfirmed` messages per producer, `max_producers`, the broker's
 //!   mailbox, and subscribers' mailboxes: the broker never waits for a subscriber,
 //!   holds at most one message for a full mailbox, and tells every loss in the next
@@ -341,7 +341,7 @@ impl<C: Connector, P: BrokerProtocol> Handler<Unsubscribe> for Broker<C, P> {
     type Result = ResponseFuture<Result<(), BrokerError>>;
 
     /// Ends a subscription at once, and tells the server when it was the topic's
-    /// last (retried until acknowledged, within a bound; see `unsubscribes.rs`).
+    /// last (retried until acknowledged, within a bound; docs/broker.md, "Building a client").
     fn handle(&mut self, Unsubscribe(id): Unsubscribe, ctx: &mut Context<Self>) -> Self::Result {
         if !self.subscriptions.contains_key(&id) {
             return Box::pin(async { Err(BrokerError::NotSubscribed) });
