@@ -195,3 +195,37 @@ async fn bursts_on_a_warm_pool_back_to_back_leave_no_claim_behind() {
         assert_served(&pool, &outcome, calls, &format!("round {round}")).await;
     }
 }
+
+#[actix::test]
+async fn connections_smaller_than_the_grow_threshold_still_grow_the_pool() {
+    tokio::time::pause();
+    // A connection takes 2 calls, far below the grow threshold (64): the pool must
+    // grow by what a connection can carry.
+    let bed = TestBed::new();
+    let pool = build_eagerly(
+        bed.pool(
+            config()
+                .min_idle(1)
+                .max_size(4)
+                .checkout_timeout(Duration::from_secs(30)),
+        )
+        .connection(
+            ConnectionConfig::builder()
+                .max_in_flight(2)
+                .heartbeat_interval(Duration::from_secs(5))
+                .heartbeat_timeout(Duration::from_secs(15))
+                .build()
+                .unwrap(),
+        ),
+    )
+    .await;
+    let outcome = burst(&pool, &bed.server, 8, Spread::LeastLoaded).await;
+    assert!(
+        outcome.other_errors.is_empty(),
+        "{:?}",
+        outcome.other_errors
+    );
+    assert_eq!((outcome.ok, outcome.overloaded), (8, 0), "{outcome:?}");
+    assert_eq!(outcome.spread.len(), 4, "{:?}", outcome.spread);
+    assert_all_returned(&pool).await;
+}

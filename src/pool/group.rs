@@ -438,7 +438,8 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
             .saturating_add(claim);
         let planned = shared + unshared_count + self.connecting;
         let growth = demand
-            .div_ceil(limits.threshold)
+            // A connection carries at most `max_in_flight`, whatever the threshold.
+            .div_ceil(limits.threshold.min(limits.capacity))
             .saturating_sub(planned)
             .min(self.room());
         if growth > self.grow_wanted {
