@@ -330,9 +330,7 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
     /// Takes a waiter out of the queue; `None` if it was served (or failed) already.
     fn remove_waiter(&mut self, id: u64) -> Option<Waiter<C, P>> {
         let at = self.waiters.iter().position(|waiter| waiter.id() == id)?;
-        let waiter = self.waiters.remove(at)?;
-        self.note_left(&waiter);
-        Some(waiter)
+        self.remove_waiter_at(at)
     }
 
     /// Fails every waiter with `error` (sending an error drops nothing that would
@@ -519,12 +517,27 @@ impl<C: Connector, P: Protocol> GroupState<C, P> {
                 tx, since, claim, ..
             }) = self.remove_waiter_at(at)
             {
-                self.counters.shared += 1;
-                let shared = SharedConnection::new(member, authority.clone(), claim);
-                if tx.send(Ok(shared)).is_ok() {
-                    self.metrics.checkout_waited(since.elapsed());
-                }
+                self.hand_shared(member, authority, claim, since, tx);
             }
+        }
+    }
+
+    /// Hands a shared waiter (taken out of the queue) a handle to `member`, which
+    /// goes into shared use. A waiter that gave up drops the handle, and its claim
+    /// with it.
+    fn hand_shared(
+        &mut self,
+        member: Arc<Member<C, P>>,
+        authority: &Authority,
+        claim: usize,
+        since: Instant,
+        tx: oneshot::Sender<Result<SharedConnection<C, P>, PoolError>>,
+    ) {
+        member.shared.store(true, Ordering::Relaxed);
+        self.counters.shared += 1;
+        let shared = SharedConnection::new(member, authority.clone(), claim);
+        if tx.send(Ok(shared)).is_ok() {
+            self.metrics.checkout_waited(since.elapsed());
         }
     }
 
@@ -1093,19 +1106,14 @@ impl<C: Connector, P: Protocol> Group<C, P> {
         let share = if state.connecting == 0 {
             usize::MAX
         } else {
-            let shared_load: usize = state
+            let (shared, shared_load) = state
                 .idle
                 .iter()
                 .filter(|idle| idle.member.shared.load(Ordering::Relaxed))
-                .map(|idle| idle.member.handed())
-                .fold(0, usize::saturating_add);
-            let connections = state
-                .idle
-                .iter()
-                .filter(|idle| idle.member.shared.load(Ordering::Relaxed))
-                .count()
-                + 1
-                + state.connecting;
+                .fold((0usize, 0usize), |(count, load), idle| {
+                    (count + 1, load.saturating_add(idle.member.handed()))
+                });
+            let connections = shared + 1 + state.connecting;
             let demand = shared_load
                 .saturating_add(member.handed())
                 .saturating_add(state.shared_claims_waiting);
@@ -1134,15 +1142,7 @@ impl<C: Connector, P: Protocol> Group<C, P> {
             match waiter {
                 Waiter::Shared {
                     tx, since, claim, ..
-                } => {
-                    member.shared.store(true, Ordering::Relaxed);
-                    state.counters.shared += 1;
-                    let shared =
-                        SharedConnection::new(member.clone(), self.authority.clone(), claim);
-                    if tx.send(Ok(shared)).is_ok() {
-                        state.metrics.checkout_waited(since.elapsed());
-                    }
-                }
+                } => state.hand_shared(member.clone(), &self.authority, claim, since, tx),
                 Waiter::Exclusive { tx, since, .. } => {
                     member.set_place(Place::Leased);
                     state.leased += 1;
