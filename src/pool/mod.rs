@@ -354,11 +354,9 @@ impl<C: Connector, P: Protocol> Actor for Pool<C, P> {
         // and heartbeating for as long as any of those lives. They close gracefully
         // (calls in flight get their replies within `close_timeout`). After a
         // `Close` or `Drain` nothing is left to tell.
-        for tracked in self.tracked.values() {
-            if tracked.member.place() != Place::Detached {
-                // `do_send`: a connection that has stopped needs nothing.
-                tracked.member.addr.do_send(crate::Close::default());
-            }
+        for member in self.pooled() {
+            // `do_send`: a connection that has stopped needs nothing.
+            member.addr.do_send(crate::Close::default());
         }
     }
 }

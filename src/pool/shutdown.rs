@@ -41,10 +41,8 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
         }
         if !graceful {
             // Leased and busy connections too: calls in flight fail with `Aborted`.
-            for tracked in self.tracked.values() {
-                if tracked.member.place() != Place::Detached {
-                    tracked.member.addr.do_send(Abort);
-                }
+            for member in self.pooled() {
+                member.addr.do_send(Abort);
             }
         }
     }
@@ -56,23 +54,27 @@ impl<C: Connector, P: Protocol> Pool<C, P> {
             if pool.shutdown.is_some() {
                 tracing::debug!(parent: &pool.span, "shutdown timed out; aborting the rest");
                 let mut aborted = 0;
-                for tracked in pool.tracked.values() {
-                    // Detached connections belong to their borrowers now.
-                    if tracked.member.place() != Place::Detached {
-                        tracked.member.addr.do_send(Abort);
-                        aborted += 1;
-                    }
+                for member in pool.pooled() {
+                    member.addr.do_send(Abort);
+                    aborted += 1;
                 }
                 pool.finish_shutdown(ShutdownOutcome::TimedOut { aborted }, ctx);
             }
         });
     }
 
-    /// Whether every pooled connection has closed.
-    pub(super) fn is_empty(&self) -> bool {
+    /// The connections the pool still owns: every one it tracks but those detached,
+    /// which belong to their borrowers now.
+    pub(super) fn pooled(&self) -> impl Iterator<Item = &Member<C, P>> {
         self.tracked
             .values()
-            .all(|tracked| tracked.member.place() == Place::Detached)
+            .map(|tracked| &*tracked.member)
+            .filter(|member| member.place() != Place::Detached)
+    }
+
+    /// Whether every pooled connection has closed.
+    pub(super) fn is_empty(&self) -> bool {
+        self.pooled().next().is_none()
     }
 
     pub(super) fn check_shutdown(&mut self, ctx: &mut Context<Self>) {
